@@ -1,0 +1,93 @@
+"""The denoiser contract every backend (diffusers, ComfyUI, pixel-space demo) implements.
+
+A denoiser turns ``(latent, step, conditioning)`` into the network's raw prediction in the
+parameterisation its :class:`~progrpo.schedule.Schedule` declares (flow velocity, eps, v or
+sample); the step dynamics in :mod:`progrpo.dynamics` turn that into the next latent and its
+log-prob. Classifier-free guidance is applied inside ``predict`` with both branches in one
+batch (as Flow-GRPO does in sampling and training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ..schedule import Schedule
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts, one row per prompt (P rows).
+
+    ``positive`` / ``negative``: name -> batch-first tensor [P, ...] fed to the network (e.g.
+    ``encoder_hidden_states``, ``pooled_projections``). ``negative`` may have 1 row (shared
+    negative prompt) or P rows, or be ``None`` when guidance is off. ``shared`` holds tensors
+    without a batch dimension (e.g. Flux's ``txt_ids``). ``prompts`` keeps the text for rewards.
+    """
+
+    positive: dict[str, torch.Tensor]
+    negative: dict[str, torch.Tensor] | None = None
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return int(next(iter(self.positive.values())).shape[0])
+
+    def take(self, rows: torch.Tensor) -> "Conditioning":
+        """Conditioning whose row ``j`` is row ``rows[j]`` of this one (rows: LongTensor[B])."""
+        rows = rows.to(torch.long)
+        positive = {name: value[rows.to(value.device)] for name, value in self.positive.items()}
+        negative = None
+        if self.negative is not None:
+            negative = {}
+            for name, value in self.negative.items():
+                index = torch.zeros_like(rows) if value.shape[0] == 1 else rows
+                negative[name] = value[index.to(value.device)]
+        prompts = [self.prompts[i] for i in rows.tolist()] if self.prompts else []
+        return Conditioning(positive=positive, negative=negative, shared=dict(self.shared), prompts=prompts)
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """What the rollout and the trainer need from a model backend.
+
+    Shapes: latents are [B, C, H, W] (backends that pack, like Flux, pack inside ``predict``);
+    ``step_index`` is LongTensor[B]; images are [B, 3, H_img, W_img] in [0, 1].
+    """
+
+    def schedule(self, num_steps: int, latent_shape: Sequence[int]) -> Schedule:
+        """The sampling schedule for ``num_steps`` steps at latent shape (C, H, W)."""
+        ...
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """Latent (C, H, W) for an image of ``height`` x ``width`` pixels."""
+        ...
+
+    def encode_prompts(self, prompts: Sequence[str], negative_prompt: str | None = "") -> Conditioning:
+        """Encode P prompts (and one shared negative prompt, or none) into a Conditioning."""
+        ...
+
+    def predict(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: Conditioning,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Guided network prediction [B, C, H, W] (float32) for rows aligned with ``conditioning``.
+
+        ``timestep``: [B] network timesteps (``Schedule.timesteps`` entries).
+        """
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, H, W] -> images [B, 3, H_img, W_img] in [0, 1] (VAE, or identity)."""
+        ...
+
+
+def guidance_branches(guidance_scale: float, conditioning: Conditioning) -> int:
+    """Network evaluations per row: 2 when classifier-free guidance runs, else 1."""
+    return 2 if (guidance_scale != 1.0 and conditioning.negative is not None) else 1
