@@ -62,7 +62,7 @@ def _clip_text_config(vocab_size: int, hidden_size: int = 32, projection_dim: in
     )
 
 
-def _tiny_vae(latent_channels: int = 4, flow: bool = False) -> Any:
+def _tiny_vae(latent_channels: int = 4, flow: bool = False, **options: Any) -> Any:
     from diffusers import AutoencoderKL
 
     extra = {"shift_factor": 0.0, "scaling_factor": 1.0} if flow else {}
@@ -76,7 +76,16 @@ def _tiny_vae(latent_channels: int = 4, flow: bool = False) -> Any:
         norm_num_groups=32,
         sample_size=32,
         **extra,
+        **options,
     )
+
+
+def _eval(pipeline: Any) -> Any:
+    """Put every module in eval mode (dropout off), as ``from_pretrained`` does."""
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipeline
 
 
 def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Any:
@@ -107,7 +116,7 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Any:
         steps_offset=1,
         prediction_type=prediction_type,
     )
-    return StableDiffusionPipeline(
+    return _eval(StableDiffusionPipeline(
         vae=_tiny_vae(),
         text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))),
         tokenizer=tokenizer,
@@ -116,7 +125,7 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Any:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )
+    ))
 
 
 def tiny_sd3_pipeline(seed: int = 0) -> Any:
@@ -139,7 +148,7 @@ def tiny_sd3_pipeline(seed: int = 0) -> Any:
         pooled_projection_dim=64,
     )
     # SD3 concatenates the two CLIP hidden states (32 + 32) and pools both projections (32 + 32).
-    return StableDiffusion3Pipeline(
+    return _eval(StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_tiny_vae(flow=True),
@@ -149,7 +158,7 @@ def tiny_sd3_pipeline(seed: int = 0) -> Any:
         tokenizer_2=tokenizer,
         text_encoder_3=None,
         tokenizer_3=None,
-    )
+    ))
 
 
 def tiny_flux_pipeline(seed: int = 0) -> Any:
@@ -174,12 +183,11 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
     t5 = T5EncoderModel(
         T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4, decoder_start_token_id=0)
     )
-    vae = _tiny_vae(flow=True)
-    vae.register_to_config(use_quant_conv=False, use_post_quant_conv=False)
+    vae = _tiny_vae(flow=True, use_quant_conv=False, use_post_quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=16, max_image_seq_len=256
     )
-    return FluxPipeline(
+    return _eval(FluxPipeline(
         scheduler=scheduler,
         vae=vae,
         text_encoder=CLIPTextModel(_clip_text_config(len(tokenizer))),
@@ -187,7 +195,7 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
         text_encoder_2=t5,
         tokenizer_2=tokenizer,
         transformer=transformer,
-    )
+    ))
 
 
 #: architecture name -> builder of a tiny random pipeline.

@@ -1,0 +1,327 @@
+"""Expand-and-Prune rollouts: sample an expanded group per prompt, prune it at checkpoints.
+
+Every prompt starts with ``group_size`` (G_max) stochastic trajectories. At each checkpoint of
+the :class:`~progrpo.pruning.PruneSchedule` every live trajectory is previewed -- the clean-sample
+prediction of the network call the step just made (no extra model evaluation), decoded and
+scored by the training reward -- and the selection strategy keeps the target count per prompt;
+the others stop at once (no more steps, no final decode, no loss). Survivors finish, get their
+true final reward and are recorded with everything training needs.
+
+Noise is drawn for every trajectory at every step, pruned or not, so a survivor's latents are
+exactly those the same row gets in an unpruned run with the same seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from .denoisers.base import Conditioning, Denoiser, guidance_branches
+from .dynamics import get_dynamics, policy_step
+from .errors import ProGRPOConfigError
+from .ledger import ComputeLedger
+from .log import logger
+from .pruning import SELECTIONS, PruneSchedule, select
+from .schedule import Schedule
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class RewardFunction(Protocol):
+    """``score(images [B,3,H,W] in [0,1], prompts) -> Tensor[B]`` (see :mod:`progrpo.rewards`)."""
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+@dataclass
+class RolloutConfig:
+    """How one Expand-and-Prune rollout samples.
+
+    Attributes:
+        group_size: trajectories per prompt at the start (G_max; G for plain GRPO).
+        num_steps: sampler steps T.
+        dynamics: step dynamic, a name in :data:`progrpo.dynamics.DYNAMICS`.
+        noise_level: the dynamic's noise knob; None takes the dynamic's default.
+        guidance_scale: classifier-free guidance w (1 disables the negative branch).
+        prune_schedule: checkpoints (step -> kept per prompt), a PruneSchedule, a mapping or a
+            string like ``"5:24, 7:12"``; None runs every trajectory to the end.
+        selection: ``ovf`` (Pro-GRPO), ``random``, ``topk`` or ``none`` (keep all, previews still
+            scored for diagnostics).
+        sde_window: ``(start, stop)`` steps that are stochastic; the rest are ODE steps
+            (Flow-GRPO-Fast / MixGRPO). None: every step is stochastic.
+        height, width: image size in pixels.
+        seed: seeds the initial noise and every step's noise.
+        max_batch_rows: rows per network call (bounds memory); None = all live rows at once.
+        keep_images: keep the survivors' decoded final images in the record.
+        measure_flops: count FLOPs per category in the ledger (slower).
+    """
+
+    group_size: int = 8
+    num_steps: int = 10
+    dynamics: str = "flow_sde"
+    noise_level: float | None = None
+    guidance_scale: float = 1.0
+    prune_schedule: PruneSchedule | str | dict[int, int] | None = None
+    selection: str = "ovf"
+    sde_window: tuple[int, int] | None = None
+    height: int = 32
+    width: int = 32
+    seed: int = 0
+    max_batch_rows: int | None = None
+    keep_images: bool = True
+    measure_flops: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "num_steps", "height", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ProGRPOConfigError(f"{name}={value!r} must be a positive integer.")
+        if self.group_size < 2:
+            raise ProGRPOConfigError(
+                f"group_size={self.group_size}: GRPO needs at least 2 trajectories per prompt."
+            )
+        get_dynamics(self.dynamics)
+        if self.noise_level is not None and not self.noise_level >= 0:
+            raise ProGRPOConfigError(f"noise_level={self.noise_level} must be >= 0 (0 = deterministic).")
+        if self.selection not in SELECTIONS:
+            raise ProGRPOConfigError(f"selection {self.selection!r} is unknown; use one of {sorted(SELECTIONS)}.")
+        if isinstance(self.prune_schedule, str):
+            self.prune_schedule = PruneSchedule.parse(self.prune_schedule) if self.prune_schedule.strip() else None
+        elif isinstance(self.prune_schedule, dict):
+            self.prune_schedule = PruneSchedule.from_mapping(self.prune_schedule)
+        if self.prune_schedule is not None:
+            self.prune_schedule.validate_for(self.group_size, self.num_steps)
+        if self.sde_window is not None:
+            start, stop = (int(v) for v in self.sde_window)
+            if not 0 <= start < stop <= self.num_steps:
+                raise ProGRPOConfigError(
+                    f"sde_window={self.sde_window} must satisfy 0 <= start < stop <= num_steps={self.num_steps}."
+                )
+            self.sde_window = (start, stop)
+        if self.max_batch_rows is not None and self.max_batch_rows < 1:
+            raise ProGRPOConfigError(f"max_batch_rows={self.max_batch_rows} must be >= 1 or None.")
+        if self.guidance_scale < 0:
+            raise ProGRPOConfigError(f"guidance_scale={self.guidance_scale} must be >= 0.")
+
+    @property
+    def final_group_size(self) -> int:
+        """Trajectories per prompt that reach the end (and are trained)."""
+        if self.prune_schedule is None or self.selection == "none":
+            return self.group_size
+        return self.prune_schedule.final_keep
+
+    def step_noise_levels(self, default: float) -> torch.Tensor:
+        """Noise level per step [T]: the configured level inside the SDE window, 0 outside."""
+        level = default if self.noise_level is None else self.noise_level
+        levels = torch.full((self.num_steps,), float(level))
+        if self.sde_window is not None:
+            start, stop = self.sde_window
+            levels[:start] = 0.0
+            levels[stop:] = 0.0
+        return levels
+
+
+@dataclass
+class Rollout:
+    """Record of one rollout over P prompts; S survivors (prompt-major, ascending trajectory id).
+
+    Shapes: ``latents`` [S, T+1, C, H, W] (state before each step, then the final one);
+    ``log_probs`` [S, T] fp32 (0 at deterministic steps); ``step_std`` / ``noise_levels`` [T];
+    ``prompt_index`` / ``trajectory_index`` [S] (trajectory ids are 0..P*G-1, prompt-major);
+    ``final_rewards`` [S]; ``preview_rewards`` [K, P*G] (NaN where not alive at that checkpoint);
+    ``pruned_at`` [P*G] (checkpoint step that stopped it, -1 for survivors);
+    ``group_std_before`` / ``group_std_after`` [K]: within-group std of preview rewards of the
+    live trajectories before and after each selection, averaged over prompts;
+    ``images`` [S, 3, H, W] in [0, 1] or None.
+    """
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    step_std: torch.Tensor
+    noise_levels: torch.Tensor
+    schedule: Schedule
+    prompt_index: torch.Tensor
+    trajectory_index: torch.Tensor
+    final_rewards: torch.Tensor
+    preview_rewards: torch.Tensor
+    checkpoint_steps: tuple[int, ...]
+    pruned_at: torch.Tensor
+    group_std_before: torch.Tensor
+    group_std_after: torch.Tensor
+    images: torch.Tensor | None
+    conditioning: Conditioning
+    config: RolloutConfig
+    ledger: ComputeLedger = field(default_factory=ComputeLedger)
+
+    @property
+    def num_prompts(self) -> int:
+        return self.conditioning.num_rows
+
+    @property
+    def num_survivors(self) -> int:
+        return int(self.prompt_index.shape[0])
+
+    @property
+    def prompts(self) -> list[str]:
+        """Prompt text of each survivor."""
+        return [self.conditioning.prompts[i] for i in self.prompt_index.tolist()] if self.conditioning.prompts else []
+
+    @property
+    def trainable_steps(self) -> torch.Tensor:
+        """Step indices with noise (std > 0): the only ones with a policy gradient. LongTensor."""
+        return torch.nonzero(self.step_std > 0).flatten()
+
+
+def _score(reward: RewardFunction | Callable, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    score = reward.score if hasattr(reward, "score") else reward
+    values = torch.as_tensor(score(images, list(prompts))).detach().float().reshape(-1)
+    if values.shape[0] != images.shape[0]:
+        raise ProGRPOConfigError(
+            f"reward returned {values.shape[0]} scores for {images.shape[0]} images; it must return one per image."
+        )
+    return values.cpu()
+
+
+def predict_rows(
+    denoiser: Denoiser,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    conditioning: Conditioning,
+    guidance_scale: float,
+    max_batch_rows: int | None,
+) -> torch.Tensor:
+    """``denoiser.predict`` over rows in chunks of ``max_batch_rows`` -> [B, C, H, W] float32."""
+    rows = sample.shape[0]
+    chunk = rows if max_batch_rows is None else max_batch_rows
+    outputs = []
+    for start in range(0, rows, chunk):
+        index = torch.arange(start, min(start + chunk, rows))
+        part = conditioning if (start == 0 and chunk >= rows) else conditioning.take(index)
+        outputs.append(denoiser.predict(sample[index], timesteps[index], part, guidance_scale).float())
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _conditioning_device(conditioning: Conditioning) -> torch.device:
+    return next(iter(conditioning.positive.values())).device
+
+
+@torch.no_grad()
+def expand_and_prune_rollout(
+    denoiser: Denoiser,
+    conditioning: Conditioning,
+    reward: RewardFunction | Callable,
+    config: RolloutConfig,
+    progress: ProgressCallback | None = None,
+) -> Rollout:
+    """Sample ``config.group_size`` trajectories for each of the P prompts, pruning at checkpoints.
+
+    Args:
+        denoiser: a :class:`~progrpo.denoisers.base.Denoiser`.
+        conditioning: encoded prompts, P rows (``prompts`` text is passed to the reward).
+        reward: scores decoded previews and final images.
+        config: see :class:`RolloutConfig`.
+        progress: called as ``progress(done_steps, num_steps)`` after every step; it may raise
+            to cancel (ComfyUI's interrupt does).
+
+    Returns:
+        the :class:`Rollout` record of the survivors.
+    """
+    device = _conditioning_device(conditioning)
+    num_prompts, group_size, num_steps = conditioning.num_rows, config.group_size, config.num_steps
+    total = num_prompts * group_size
+    channels, height, width = denoiser.latent_shape(config.height, config.width)
+    schedule = denoiser.schedule(num_steps, (channels, height, width))
+    dynamics = get_dynamics(config.dynamics, schedule.kind)
+    noise_levels = config.step_noise_levels(dynamics.default_noise_level)
+    ledger = ComputeLedger(measure_flops=config.measure_flops)
+    branches = guidance_branches(config.guidance_scale, conditioning)
+    checkpoints = config.prune_schedule.checkpoints if config.prune_schedule is not None else ()
+    checkpoint_slot = {step: slot for slot, (step, _) in enumerate(checkpoints)}
+
+    noise_generator = torch.Generator().manual_seed(config.seed)
+    selection_generator = torch.Generator().manual_seed(config.seed + 1)  # own stream: noise never depends on it
+    shape = (total, channels, height, width)
+    prompt_of = torch.arange(num_prompts).repeat_interleave(group_size)
+    live = torch.arange(total)
+    history = [torch.randn(shape, generator=noise_generator).to(device)]
+    log_probs: list[torch.Tensor] = []
+    step_std = torch.zeros(num_steps)
+    preview_rewards = torch.full((len(checkpoints), total), float("nan"))
+    pruned_at = torch.full((total,), -1, dtype=torch.long)
+    std_before = torch.zeros(len(checkpoints))
+    std_after = torch.zeros(len(checkpoints))
+    live_conditioning = conditioning.take(prompt_of)
+
+    for step in range(num_steps):
+        step_noise = torch.randn(shape, generator=noise_generator).to(device)[live]
+        rows = live.shape[0]
+        with ledger.count_flops("sampling"):
+            output = predict_rows(
+                denoiser, history[-1], schedule.timesteps_for(torch.full((rows,), step)).to(device),
+                live_conditioning, config.guidance_scale, config.max_batch_rows,
+            )
+            result = policy_step(
+                config.dynamics, output, history[-1], schedule.coefficients(torch.full((rows,), step), device),
+                float(noise_levels[step]), noise=step_noise,
+            )
+        ledger.trajectory_steps += rows
+        ledger.model_evaluations += rows * branches
+        ledger.model_calls += -(-rows // (config.max_batch_rows or rows))
+        step_std[step] = float(result.std[0])
+        history.append(result.next_sample)
+        log_probs.append(result.log_prob)
+
+        slot = checkpoint_slot.get(step + 1)
+        if slot is not None:
+            keep = checkpoints[slot][1]
+            with ledger.count_flops("decode"):
+                previews = denoiser.decode(result.x0_pred)
+            with ledger.count_flops("reward"):
+                proxy = _score(reward, previews, live_conditioning.prompts)
+            ledger.preview_decodes += rows
+            ledger.reward_calls += rows
+            preview_rewards[slot, live] = proxy
+            per_group = proxy.reshape(num_prompts, rows // num_prompts)
+            positions = select(config.selection, per_group, keep, selection_generator)
+            kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
+            std_before[slot] = per_group.std(dim=1, unbiased=False).mean()
+            std_after[slot] = per_group.gather(1, positions).std(dim=1, unbiased=False).mean()
+            dropped = torch.ones(rows, dtype=torch.bool)
+            dropped[kept] = False
+            pruned_at[live[dropped]] = step + 1
+            live = live[kept]
+            kept_device = kept.to(device)
+            history = [latents[kept_device] for latents in history]
+            log_probs = [values[kept_device] for values in log_probs]
+            live_conditioning = live_conditioning.take(kept)
+            logger.debug("checkpoint %d: kept %d of %d per prompt", step + 1, positions.shape[1], per_group.shape[1])
+        if progress is not None:
+            progress(step + 1, num_steps)
+
+    with ledger.count_flops("decode"):
+        images = denoiser.decode(history[-1])
+    with ledger.count_flops("reward"):
+        final_rewards = _score(reward, images, live_conditioning.prompts)
+    ledger.final_decodes += live.shape[0]
+    ledger.reward_calls += live.shape[0]
+    return Rollout(
+        latents=torch.stack(history, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        step_std=step_std,
+        noise_levels=noise_levels,
+        schedule=schedule,
+        prompt_index=prompt_of[live],
+        trajectory_index=live,
+        final_rewards=final_rewards,
+        preview_rewards=preview_rewards,
+        checkpoint_steps=tuple(step for step, _ in checkpoints),
+        pruned_at=pruned_at,
+        group_std_before=std_before,
+        group_std_after=std_after,
+        images=images.cpu() if config.keep_images else None,
+        conditioning=conditioning,
+        config=config,
+        ledger=ledger,
+    )
