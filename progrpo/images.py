@@ -1,0 +1,45 @@
+"""Saving image batches for people to look at (grids with optional captions)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] float in [0, 1] -> RGB PIL image."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, mode="RGB")
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, captions: Sequence[str] | None = None,
+               scale: int = 1) -> Image.Image:
+    """Tile images [B, 3, H, W] in [0, 1] into one PIL image, ``columns`` wide, captions below each."""
+    count, _, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    caption_height = 12 if captions else 0
+    cell_w, cell_h = width * scale, height * scale + caption_height
+    grid = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for index in range(count):
+        x, y = (index % columns) * cell_w, (index // columns) * cell_h
+        tile = to_pil(images[index])
+        if scale != 1:
+            tile = tile.resize((cell_w, height * scale), Image.NEAREST)
+        grid.paste(tile, (x, y))
+        if captions:
+            draw.text((x + 1, y + height * scale), captions[index][: max(1, cell_w // 6)], fill="black")
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None,
+              captions: Sequence[str] | None = None, scale: int = 1) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, columns, captions, scale).save(path)
+    return path

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) when missing and install what it needs.
+# Idempotent: a second run only checks. Usage: scripts/setup_venv.sh [extra ...]  (e.g. test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+# torch is pinned for the project's own venv so pip never pulls a multi-GB CUDA build by accident;
+# set PROGRPO_TORCH (e.g. "torch==2.14.1" or "torch") to choose another.
+TORCH_SPEC=${PROGRPO_TORCH:-torch==2.13.0}
+extras=$(IFS=,; echo "$*")
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC"
+  .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+fi
+stamp=".venv/.progrpo-installed-${extras:-base}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "[setup] installing comfyui-progrpo${extras:+[$extras]} (editable)"
+  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import progrpo, diffusers, transformers, peft, kornia" 
+  touch "$stamp"
+fi

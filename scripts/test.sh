@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 2: set up .venv if needed, then run every test tier (core, train, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh test
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
