@@ -32,7 +32,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_sample(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny:sd3", help="tiny:<sd|sd3|flux> or a local diffusers pipeline folder")
+    parser.add_argument("--model", default="tiny:sd3", help="tiny:<sd|sd3|flux>, embedded:<digits_flow|digits_ddim> or a local diffusers pipeline folder")
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeat for several)")
     parser.add_argument("--negative-prompt", default="", help="negative prompt for CFG ('' = empty prompt)")
     parser.add_argument("--group-size", type=int, default=8, help="trajectories per prompt (G_max)")

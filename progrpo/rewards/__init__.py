@@ -69,3 +69,4 @@ __all__ = [
     "sharpness",
     "validate_inputs",
 ]
+from .digits import DigitAlignmentReward, digit_alignment, prompt_digit  # noqa: F401
