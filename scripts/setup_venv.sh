@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# torch is pinned for the project's own venv so pip never pulls a multi-GB CUDA build by accident;
+# torch is pinned for the project's own venv to the release ComfyUI's requirements resolve to here
+# (scripts/install_comfyui.sh pins the same), so it is installed once and never drifts;
 # set PROGRPO_TORCH (e.g. "torch==2.14.1" or "torch") to choose another.
-TORCH_SPEC=${PROGRPO_TORCH:-torch==2.13.0}
+TORCH_SPEC=${PROGRPO_TORCH:-torch==2.14.1}
 extras=$(IFS=,; echo "$*")
 
 if [ ! -x .venv/bin/python ]; then

@@ -1,0 +1,31 @@
+"""Fixtures of the ComfyUI tier: one real ComfyUI server per test session, with this extension loaded.
+
+The server runs from ``.comfyui/ComfyUI`` (installed by scripts/install_comfyui.sh) through
+scripts/start_comfyui.sh, on a free port, with a temporary --base-directory whose custom_nodes/
+links this repo and whose models/ the tests may fill with tiny models. It is stopped with SIGTERM
+at the end of the session.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfy_harness import COMFYUI, ComfyServer
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """A running ComfyUI server (``.url``, ``.post_prompt``, ``.wait_history``, ``.log()``, ``.models``)."""
+    if not (COMFYUI / "main.py").is_file():
+        pytest.skip(f"ComfyUI is not installed in {COMFYUI}; run scripts/install_comfyui.sh")
+    server = ComfyServer.start(tmp_path_factory.mktemp("comfyui-base"))
+    try:
+        yield server
+    finally:
+        server.stop()
