@@ -23,12 +23,15 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--iterations", type=int, help="override the number of iterations")
     parser.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint folder (default: latest)")
+    parser.add_argument("--evaluate-samples", type=int, default=16,
+                        help="samples per prompt scored before and after training on fixed seeds (0: skip)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from .train.cli import run_train_command
 
-    return run_train_command(args.config, output_dir=args.output_dir, iterations=args.iterations, resume=args.resume)
+    return run_train_command(args.config, output_dir=args.output_dir, iterations=args.iterations, resume=args.resume,
+                             evaluate_samples=args.evaluate_samples)
 
 
 def _add_sample(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +61,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from .rewards import build_reward
     from .rollout import RolloutConfig, expand_and_prune_rollout
 
-    denoiser = load_denoiser(args.model, seed=args.seed)
+    denoiser = load_denoiser(args.model)
     if args.lora:
         apply_comfyui_lora(denoiser.network, args.lora, strength=args.lora_strength)
     dynamics = args.dynamics or ("flow_sde" if denoiser.schedule(2, (1, 1, 1)).kind == "flow" else "ddim")

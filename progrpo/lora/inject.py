@@ -141,7 +141,11 @@ def add_lora(
     with torch.random.fork_rng(devices=[], enabled=settings.init_seed is not None):
         if settings.init_seed is not None:
             torch.manual_seed(settings.init_seed)
+        was_training = network.training
         network.add_adapter(config, adapter_name=adapter_name)
+    # peft builds the adapter's dropout modules in train mode even inside an eval network; give the
+    # whole tree back the mode it had, or an eval-mode sampler would sample with LoRA dropout on.
+    network.train(was_training)
     trainable = []
     for name, parameter in network.named_parameters():
         is_lora = _is_lora_parameter(name, adapter_name)

@@ -1,0 +1,107 @@
+"""Training cost per (sample, step) and peak RSS of one GRPO update at group sizes 8, 16, 32.
+
+Each group size runs in its own subprocess (peak RSS only grows within a process): it samples a
+rollout, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), then times one
+``grpo_update`` with micro-batches of 8 (trajectory, step) rows. Peak RSS of the update must stay
+flat as the group grows, since only one micro-batch's activations live at a time.
+
+    .venv/bin/python bench/train_step.py          # ~1 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import pin_threads, write_result  # noqa: E402
+
+logger = logging.getLogger("progrpo.bench")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> dict:
+    """One rollout + one timed update in this process; returns the figures."""
+    import torch
+
+    from progrpo.advantages import group_advantages
+    from progrpo.denoisers.loading import load_denoiser
+    from progrpo.lora import LoraSettings, add_lora
+    from progrpo.rewards import build_reward
+    from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
+    from progrpo.train.config import GRPOConfig
+    from progrpo.train.update import grpo_update
+
+    pin_threads(1)
+    denoiser = load_denoiser(model)
+    params = add_lora(denoiser.network, LoraSettings(rank=4, alpha=4.0))
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    config = RolloutConfig(group_size=group_size, num_steps=6, dynamics="flow_sde", height=size, width=size,
+                           keep_images=False, seed=0)
+    rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(["a photo of a cat"], None),
+                                       build_reward("brightness"), config)
+    advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
+    grpo = GRPOConfig(micro_batch_rows=micro_batch_rows)
+    generator = torch.Generator().manual_seed(0)
+    grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)  # warm-up
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
+    baseline = _peak_rss_mb()
+    start = time.perf_counter()
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)
+    seconds = time.perf_counter() - start
+    rows = int(metrics["rows"])
+    return {"group_size": group_size, "rows": rows, "seconds": seconds, "seconds_per_row": seconds / rows,
+            "peak_rss_mb": _peak_rss_mb(), "rss_before_update_mb": baseline,
+            "update_peak_growth_mb": _peak_rss_mb() - baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny:sd3")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--micro-batch-rows", type=int, default=8)
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args.model, args.size, args.micro_batch_rows)))  # noqa: T201 (child -> parent pipe)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for group_size in args.group_sizes:
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", str(group_size), "--model", args.model, "--size", str(args.size),
+             "--micro-batch-rows", str(args.micro_batch_rows)],
+            capture_output=True, text=True, env=env, check=True,
+        )
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    logger.info("GRPO update, %s at %dpx, 6 steps, micro-batches of %d rows, 1 thread",
+                args.model, args.size, args.micro_batch_rows)
+    logger.info("%6s %6s %14s %14s %18s", "group", "rows", "ms per row", "peak RSS MB", "update growth MB")
+    for row in rows:
+        logger.info("%6d %6d %14.2f %14.1f %18.1f", row["group_size"], row["rows"], 1e3 * row["seconds_per_row"],
+                    row["peak_rss_mb"], row["update_peak_growth_mb"])
+    growth = [row["update_peak_growth_mb"] for row in rows]
+    peaks = [row["peak_rss_mb"] for row in rows]
+    logger.info("peak RSS ratio largest/smallest group: %.3f (flat = 1.0); update growth spread %.1f MB",
+                max(peaks) / min(peaks), max(growth) - min(growth))
+    path = write_result("train_step", {"model": args.model, "size": args.size, "micro_batch_rows": args.micro_batch_rows,
+                                       "results": rows})
+    logger.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""Training checkpoints: written atomically, resumed bit-for-bit (on CPU).
+
+Layout of ``<output_dir>/checkpoints/``::
+
+    iter_<k>/                      k = completed iterations
+        lora/                      peft adapter (save_peft_adapter): adapter_config.json + safetensors
+        state.pt                   tensors and plain containers only (loaded with weights_only=True):
+                                   optimizer and LR-scheduler state dicts, EMA shadows, torch RNG states
+        state.json                 counters (iteration, optimizer_steps), python ``random`` state, version
+        config.json                the resolved TrainConfig of the run that wrote it
+    latest                         text file naming the newest ``iter_<k>`` (replaced atomically)
+
+A checkpoint folder is assembled under a temporary name in ``checkpoints/``, every file and the
+folder are fsynced, then it is renamed into place; only then is ``latest`` replaced. A crash at
+any point leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ProGRPOConfigError
+from ..log import logger
+from ..lora import load_peft_adapter, save_peft_adapter
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+LORA_DIR = "lora"
+STATE_TENSORS = "state.pt"
+STATE_JSON = "state.json"
+CONFIG_JSON = "config.json"
+FORMAT_VERSION = 1
+
+#: config fields that may change between a checkpoint and the run resuming it (they do not
+#: change what the next iterations compute); every other field must be equal.
+RESUME_FREE_FIELDS = frozenset(
+    {"iterations", "output_dir", "checkpoint_every", "rollout.measure_flops", "rollout.keep_images"}
+)
+
+
+# --- atomic file system helpers --------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories: best effort, some platforms cannot)."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to a temp file next to ``path``, fsync it and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+    return path
+
+
+def _replace_folder(temp: Path, folder: Path) -> None:
+    """Rename the finished ``temp`` folder to ``folder``; an existing one is moved aside, then deleted."""
+    backup = None
+    if folder.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        backup.rmdir()
+        os.replace(folder, backup)
+    os.replace(temp, folder)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+# --- RNG states ------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states a run consumes: torch CPU (and CUDA when present), python ``random``."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only restored when CUDA is present)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+
+
+def _python_state_to_json(state: tuple) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_json(data: list[Any]) -> tuple:
+    version, internal, gauss = data
+    return (int(version), tuple(int(v) for v in internal), gauss)
+
+
+# --- checkpoint contents ---------------------------------------------------------------------
+
+
+@dataclass
+class TrainingState:
+    """Everything besides the LoRA weights that a resumed run needs to continue bit-for-bit.
+
+    ``iteration``: completed iterations; ``optimizer_steps``: optimiser steps taken;
+    ``optimizer`` / ``lr_scheduler``: their ``state_dict()``; ``ema``: ``LoraEMA.state_dict()`` or None;
+    ``rng``: :func:`capture_rng_state` at the iteration boundary.
+    """
+
+    iteration: int
+    optimizer_steps: int
+    optimizer: dict[str, Any]
+    lr_scheduler: dict[str, Any]
+    ema: dict[str, Any] | None
+    rng: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration}"
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str],
+    network: torch.nn.Module,
+    state: TrainingState,
+    config: Mapping[str, Any],
+) -> Path:
+    """Write ``checkpoints/iter_<state.iteration>/`` atomically and point ``latest`` at it.
+
+    Args:
+        network: the LoRA-injected network (its adapter is saved with ``save_peft_adapter``).
+        config: ``TrainConfig.to_dict()`` of the resolved config.
+    """
+    from .. import __version__
+
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(state.iteration)
+    temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    try:
+        save_peft_adapter(network, temp / LORA_DIR)
+        tensors = {
+            "optimizer": state.optimizer,
+            "lr_scheduler": state.lr_scheduler,
+            "ema": state.ema,
+            "torch_rng": state.rng["torch"],
+            "cuda_rng": state.rng.get("cuda"),
+        }
+        torch.save(tensors, temp / STATE_TENSORS)
+        record = {
+            "format": FORMAT_VERSION,
+            "progrpo_version": __version__,
+            "iteration": state.iteration,
+            "optimizer_steps": state.optimizer_steps,
+            "python_random": _python_state_to_json(state.rng["python"]),
+            "extra": state.extra,
+        }
+        (temp / STATE_JSON).write_text(json.dumps(record), encoding="utf-8")
+        (temp / CONFIG_JSON).write_text(json.dumps(dict(config), indent=2), encoding="utf-8")
+        for path in sorted(temp.rglob("*"), reverse=True):
+            _fsync_path(path)
+        _fsync_path(temp)
+        _replace_folder(temp, root / name)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _fsync_path(root)
+    atomic_write_text(root / LATEST_FILE, name + "\n")
+    logger.info("checkpoint %s written", root / name)
+    return root / name
+
+
+def resolve_checkpoint(output_dir: str | os.PathLike[str], resume_from: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder for ``resume_from``: ``"latest"`` (in ``output_dir``) or a folder path."""
+    if str(resume_from) == LATEST_FILE:
+        pointer = Path(output_dir) / CHECKPOINTS_DIR / LATEST_FILE
+        if not pointer.is_file():
+            raise ProGRPOConfigError(
+                f"resume_from='latest' but {str(pointer)!r} does not exist: no checkpoint was written to "
+                f"output_dir {str(output_dir)!r}; pass a checkpoint folder or start without resume_from."
+            )
+        folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    else:
+        folder = Path(resume_from)
+    missing = [n for n in (LORA_DIR, STATE_TENSORS, STATE_JSON, CONFIG_JSON) if not (folder / n).exists()]
+    if not folder.is_dir() or missing:
+        raise ProGRPOConfigError(
+            f"resume_from {str(folder)!r} is not a checkpoint folder (missing {missing or ['the folder']}); "
+            f"pass 'latest' or a <output_dir>/{CHECKPOINTS_DIR}/iter_<k> folder."
+        )
+    return folder
+
+
+def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config dict a checkpoint was written with."""
+    return json.loads((Path(folder) / CONFIG_JSON).read_text(encoding="utf-8"))
+
+
+def load_checkpoint(folder: str | os.PathLike[str], network: torch.nn.Module) -> TrainingState:
+    """Load the LoRA weights of ``folder`` into ``network`` (which already has the adapter) and return the rest.
+
+    The tensor file is read with ``torch.load(..., weights_only=True)``: no code in it can run.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+    if record.get("format") != FORMAT_VERSION:
+        raise ProGRPOConfigError(
+            f"checkpoint {str(folder)!r} has format {record.get('format')!r}; this version reads format "
+            f"{FORMAT_VERSION}. Resume with the progrpo version that wrote it."
+        )
+    tensors = torch.load(folder / STATE_TENSORS, map_location="cpu", weights_only=True)
+    load_peft_adapter(network, folder / LORA_DIR)
+    return TrainingState(
+        iteration=int(record["iteration"]),
+        optimizer_steps=int(record["optimizer_steps"]),
+        optimizer=tensors["optimizer"],
+        lr_scheduler=tensors["lr_scheduler"],
+        ema=tensors["ema"],
+        rng={
+            "torch": tensors["torch_rng"],
+            "cuda": tensors["cuda_rng"],
+            "python": _python_state_from_json(record["python_random"]),
+        },
+        extra=dict(record.get("extra") or {}),
+    )
+
+
+# --- resume compatibility --------------------------------------------------------------------
+
+_ABSENT = "<absent>"
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, saved value, current value)`` for every training-relevant field that differs."""
+    old, new = _flatten(saved), _flatten(current)
+    differences = []
+    for name in sorted(set(old) | set(new)):
+        if name in RESUME_FREE_FIELDS:
+            continue
+        a, b = old.get(name, _ABSENT), new.get(name, _ABSENT)
+        if a != b:
+            differences.append((name, a, b))
+    return differences
+
+
+def check_resume_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], folder: str | os.PathLike[str]) -> None:
+    """Raise unless ``current`` equals ``saved`` in every field outside :data:`RESUME_FREE_FIELDS`."""
+    differences = config_differences(saved, current)
+    if differences:
+        listed = "; ".join(f"{name}: checkpoint {a!r}, config {b!r}" for name, a, b in differences)
+        raise ProGRPOConfigError(
+            f"cannot resume from {str(folder)!r}: the config differs in training-relevant fields ({listed}). "
+            f"Use the checkpoint's values to resume (only {sorted(RESUME_FREE_FIELDS)} may change), "
+            "or start a new run in another output_dir."
+        )

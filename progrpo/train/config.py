@@ -1,0 +1,437 @@
+"""Training configuration: documented dataclasses, validated on construction, YAML/JSON round trip.
+
+``TrainConfig`` nests the rollout (:class:`~progrpo.rollout.RolloutConfig`), the LoRA
+(:class:`~progrpo.lora.LoraSettings`), the optimiser (:class:`OptimConfig`) and the GRPO loss
+(:class:`GRPOConfig`). ``to_dict`` gives plain YAML/JSON types (a prune schedule becomes its
+string ``"5:24, 7:12"``, tuples become lists) and ``from_dict`` rebuilds the same config,
+rejecting unknown keys by their dotted name (``grpo.clip_rnage``). Every error names the field
+and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..advantages import STD_MODES
+from ..denoisers.loading import validate_model_spec
+from ..errors import ProGRPOConfigError
+from ..lora import LoraSettings
+from ..rollout import RolloutConfig
+
+#: ``model`` dtypes by name.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _lr_constant(step: int, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then the base lr."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _lr_inverse_sqrt(step: int, warmup_steps: int) -> float:
+    """Linear warm-up, then ``sqrt(warmup / step)`` decay (needs no total step count)."""
+    warmup = max(warmup_steps, 1)
+    return (step + 1) / warmup if step + 1 < warmup else math.sqrt(warmup / (step + 1))
+
+
+#: lr schedule name -> factor of the base lr at optimiser step k (``LambdaLR``'s ``lr_lambda``).
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": _lr_constant,
+    "inverse_sqrt": _lr_inverse_sqrt,
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW over the LoRA parameters and its lr schedule.
+
+    Attributes:
+        lr: base learning rate (Flow-GRPO/DDPO use 3e-4 on real models; 1e-4 is a safer default).
+        betas: AdamW ``(beta1, beta2)``.
+        weight_decay: AdamW decoupled weight decay (Flow-GRPO: 1e-4).
+        eps: AdamW epsilon.
+        grad_clip: max global gradient norm (1.0 in DDPO/Flow-GRPO); None only measures the norm.
+        scheduler: lr schedule name in :data:`LR_SCHEDULES` (applied through ``torch``'s LambdaLR).
+        warmup_steps: optimiser steps of linear lr warm-up (0 = none).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.lr) or self.lr <= 0:
+            raise ProGRPOConfigError(f"optim.lr={self.lr!r} must be a number > 0; use e.g. 1e-4.")
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
+            raise ProGRPOConfigError(
+                f"optim.betas={self.betas!r} must be two numbers in [0, 1); use e.g. [0.9, 0.999]."
+            )
+        self.betas = (float(betas[0]), float(betas[1]))
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ProGRPOConfigError(f"optim.weight_decay={self.weight_decay!r} must be a number >= 0.")
+        if not _is_number(self.eps) or self.eps <= 0:
+            raise ProGRPOConfigError(f"optim.eps={self.eps!r} must be a number > 0; use e.g. 1e-8.")
+        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+            raise ProGRPOConfigError(
+                f"optim.grad_clip={self.grad_clip!r} must be a number > 0, or null to only measure the norm."
+            )
+        if self.scheduler not in LR_SCHEDULES:
+            raise ProGRPOConfigError(
+                f"optim.scheduler={self.scheduler!r} is unknown; use one of {sorted(LR_SCHEDULES)}."
+            )
+        if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
+            raise ProGRPOConfigError(f"optim.warmup_steps={self.warmup_steps!r} must be an integer >= 0.")
+        self.lr, self.weight_decay, self.eps = float(self.lr), float(self.weight_decay), float(self.eps)
+
+    def lr_lambda(self) -> Callable[[int], float]:
+        """The ``LambdaLR`` factor function of this schedule (a plain function: not pickled in state)."""
+        schedule, warmup = LR_SCHEDULES[self.scheduler], self.warmup_steps
+
+        def factor(step: int) -> float:
+            return schedule(step, warmup)
+
+        return factor
+
+
+@dataclass
+class GRPOConfig:
+    """The clipped GRPO objective and how its (trajectory, step) pairs are processed.
+
+    Attributes:
+        clip_range: PPO ratio clip epsilon. 1e-4 as DDPO and Flow-GRPO (their log-probs are
+            per-dimension means too, see :func:`progrpo.dynamics.gaussian_log_prob`).
+        adv_clip: advantages are clamped to ``[-adv_clip, adv_clip]`` (5 in DDPO/Flow-GRPO); None disables.
+        std_mode: advantage scale, ``"group"`` (per-prompt std, GRPO/DanceGRPO/Pro-GRPO) or
+            ``"global"`` (std of the whole batch, Flow-GRPO's ``global_std``).
+        kl_beta: weight of the KL to the base model (LoRA disabled); Flow-GRPO uses 0.01-0.04, 0 skips
+            the reference forward entirely.
+        timestep_fraction: fraction of the rollout's stochastic steps trained per trajectory,
+            drawn per iteration with a seeded generator (DDPO's per-sample permutation); 1.0 = all.
+        micro_batch_rows: (trajectory, step) rows per forward/backward; gradients accumulate over
+            micro-batches, so peak memory does not grow with the group size.
+        ema_decay: decay of an exponential moving average of the LoRA weights (Flow-GRPO: 0.9 with
+            warm-up); the EMA weights are what gets exported. None disables it.
+    """
+
+    clip_range: float = 1e-4
+    adv_clip: float | None = 5.0
+    std_mode: str = "group"
+    kl_beta: float = 0.0
+    timestep_fraction: float = 1.0
+    micro_batch_rows: int = 8
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.clip_range) or self.clip_range <= 0:
+            raise ProGRPOConfigError(
+                f"grpo.clip_range={self.clip_range!r} must be a number > 0; Flow-GRPO/DDPO use 1e-4."
+            )
+        if self.adv_clip is not None and (not _is_number(self.adv_clip) or self.adv_clip <= 0):
+            raise ProGRPOConfigError(f"grpo.adv_clip={self.adv_clip!r} must be a number > 0 (e.g. 5), or null.")
+        if self.std_mode not in STD_MODES:
+            raise ProGRPOConfigError(f"grpo.std_mode={self.std_mode!r} is unknown; use one of {list(STD_MODES)}.")
+        if not _is_number(self.kl_beta) or self.kl_beta < 0:
+            raise ProGRPOConfigError(f"grpo.kl_beta={self.kl_beta!r} must be a number >= 0 (0 disables the KL).")
+        if not _is_number(self.timestep_fraction) or not 0.0 < self.timestep_fraction <= 1.0:
+            raise ProGRPOConfigError(
+                f"grpo.timestep_fraction={self.timestep_fraction!r} must be in (0, 1]; 1.0 trains every stochastic step."
+            )
+        if not _is_int(self.micro_batch_rows) or self.micro_batch_rows < 1:
+            raise ProGRPOConfigError(f"grpo.micro_batch_rows={self.micro_batch_rows!r} must be an integer >= 1.")
+        if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0.0 < self.ema_decay < 1.0):
+            raise ProGRPOConfigError(f"grpo.ema_decay={self.ema_decay!r} must be in (0, 1) (e.g. 0.9), or null.")
+        self.clip_range, self.kl_beta = float(self.clip_range), float(self.kl_beta)
+        self.timestep_fraction = float(self.timestep_fraction)
+
+
+def _default_rewards() -> dict[str, dict[str, Any]]:
+    return {"jpeg_compressibility": {"weight": 1.0}}
+
+
+@dataclass
+class TrainConfig:
+    """A full training run.
+
+    Attributes:
+        model: ``tiny:<sd|sd3|flux>`` (random tiny model, smoke runs), ``embedded:<digits_flow|
+            digits_ddim>`` (the shipped digits models) or a LOCAL diffusers pipeline folder
+            (:func:`progrpo.denoisers.loading.load_denoiser`).
+        prompts: the training prompts; or give ``prompts_file`` instead.
+        prompts_file: a ``.txt`` (one prompt per line), ``.json`` (list of strings) or ``.jsonl``
+            (objects with a ``"prompt"`` key) file; read when training starts.
+        prompts_per_iteration: prompts (groups) sampled per iteration (without replacement when
+            there are enough prompts).
+        iterations: rollout + update rounds in all (one optimiser step each).
+        rollout: how each group is sampled and pruned; its ``seed`` is replaced per iteration by one
+            derived from ``seed`` and the iteration.
+        lora: rank, alpha, targets of the trained LoRA.
+        optim: AdamW and lr schedule.
+        grpo: the loss.
+        rewards: spec for :func:`progrpo.rewards.build_rewards`, ``{name: {"weight": w, **options}}``.
+        output_dir: where ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``lora.safetensors``
+            and ``curve.png`` go.
+        checkpoint_every: write a checkpoint every this many iterations (0: only at the end/on stop).
+        seed: seeds prompt choice, rollout noise, trained-step choice and the global torch RNG.
+        negative_prompt: the shared negative prompt for CFG; null encodes none (guidance off).
+        device: torch device of the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        dtype: model weights' dtype, a name in :data:`DTYPES`; LoRA weights always train in float32.
+    """
+
+    model: str = "tiny:sd"
+    prompts: list[str] | None = None
+    prompts_file: str | None = None
+    prompts_per_iteration: int = 1
+    iterations: int = 100
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: dict[str, dict[str, Any]] = field(default_factory=_default_rewards)
+    output_dir: str = "progrpo_output"
+    checkpoint_every: int = 10
+    seed: int = 0
+    negative_prompt: str | None = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate_model_spec(self.model)
+        if self.prompts is not None:
+            if isinstance(self.prompts, str) or not isinstance(self.prompts, (list, tuple)) or not self.prompts:
+                raise ProGRPOConfigError(
+                    f"prompts={self.prompts!r} must be a non-empty list of strings (or use prompts_file)."
+                )
+            if not all(isinstance(p, str) and p.strip() for p in self.prompts):
+                raise ProGRPOConfigError("prompts must all be non-empty strings; remove the blank entries.")
+            self.prompts = list(self.prompts)
+        if self.prompts_file is not None and not isinstance(self.prompts_file, (str, os.PathLike)):
+            raise ProGRPOConfigError(f"prompts_file={self.prompts_file!r} must be a path string or null.")
+        if (self.prompts is None) == (self.prompts_file is None):
+            raise ProGRPOConfigError(
+                "give exactly one of prompts (a list) and prompts_file (a path); "
+                f"got prompts={self.prompts!r}, prompts_file={self.prompts_file!r}."
+            )
+        if self.prompts_file is not None:
+            self.prompts_file = str(self.prompts_file)
+        for name in ("prompts_per_iteration", "iterations"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ProGRPOConfigError(f"{name}={value!r} must be an integer >= 1.")
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise ProGRPOConfigError(
+                f"checkpoint_every={self.checkpoint_every!r} must be an integer >= 0 (0: only at the end)."
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ProGRPOConfigError(f"seed={self.seed!r} must be an integer >= 0.")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ProGRPOConfigError(f"negative_prompt={self.negative_prompt!r} must be a string or null.")
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir).strip():
+            raise ProGRPOConfigError(f"output_dir={self.output_dir!r} must be a folder path.")
+        self.output_dir = str(self.output_dir)
+        if self.dtype not in DTYPES:
+            raise ProGRPOConfigError(f"dtype={self.dtype!r} is unknown; use one of {sorted(DTYPES)}.")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ProGRPOConfigError(f"device={self.device!r} is not a torch device; use 'cpu' or 'cuda'.") from None
+        for section, kind in (("rollout", RolloutConfig), ("lora", LoraSettings), ("optim", OptimConfig),
+                              ("grpo", GRPOConfig)):
+            if not isinstance(getattr(self, section), kind):
+                raise ProGRPOConfigError(
+                    f"{section} must be a {kind.__name__} (or a dict in from_dict), got {type(getattr(self, section)).__name__}."
+                )
+        if not isinstance(self.rewards, Mapping) or not self.rewards:
+            raise ProGRPOConfigError(
+                f"rewards={self.rewards!r} must be a non-empty dict like {{'brightness': {{'weight': 1.0}}}}."
+            )
+        self.rewards = {str(key): dict(value or {}) for key, value in self.rewards.items()}
+
+    # --- serialisation -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML types; ``from_dict(to_dict())`` rebuilds an equal config."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from plain types; unknown keys (at any level) are rejected by their dotted name."""
+        if not isinstance(data, Mapping):
+            raise ProGRPOConfigError(f"a training config must be a mapping of fields, got {type(data).__name__}.")
+        values = _checked_keys(cls, data, "")
+        for section, kind in SECTIONS.items():
+            if section in values:
+                values[section] = _build_section(section, kind, values[section])
+        return cls(**values)
+
+    def resolved_prompts(self) -> list[str]:
+        """The training prompts: ``prompts`` or those read from ``prompts_file``."""
+        if self.prompts is not None:
+            return list(self.prompts)
+        return read_prompts(self.prompts_file)  # type: ignore[arg-type]
+
+    def resolved(self) -> TrainConfig:
+        """A copy with ``prompts_file`` read into ``prompts`` (what a run actually trains on)."""
+        if self.prompts is not None:
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, prompts=self.resolved_prompts(), prompts_file=None)
+
+
+#: nested dataclass sections of TrainConfig.
+SECTIONS: dict[str, type] = {"rollout": RolloutConfig, "lora": LoraSettings, "optim": OptimConfig, "grpo": GRPOConfig}
+
+
+def _plain(value: Any) -> Any:
+    """Config value -> YAML/JSON-safe value (dataclasses to dicts, tuples to lists, schedules to strings)."""
+    from ..pruning import PruneSchedule
+
+    if isinstance(value, PruneSchedule):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _checked_keys(kind: type, data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = [key for key in data if key not in names]
+    if unknown:
+        raise ProGRPOConfigError(
+            f"unknown config key {prefix + str(unknown[0])!r}"
+            + (f" (and {[prefix + str(k) for k in unknown[1:]]})" if len(unknown) > 1 else "")
+            + f"; valid keys{' of ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}."
+        )
+    return dict(data)
+
+
+def _build_section(section: str, kind: type, value: Any) -> Any:
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise ProGRPOConfigError(f"{section} must be a mapping of {kind.__name__} fields, got {value!r}.")
+    values = _checked_keys(kind, value, section + ".")
+    if section == "rollout" and isinstance(values.get("sde_window"), list):
+        values["sde_window"] = tuple(values["sde_window"])
+    if section == "optim" and isinstance(values.get("betas"), list):
+        values["betas"] = tuple(values["betas"])
+    try:
+        return kind(**values)
+    except ProGRPOConfigError as error:
+        message = str(error)
+        if message.startswith(section + "."):
+            raise
+        raise ProGRPOConfigError(f"{section}: {message}") from None
+    except TypeError as error:  # e.g. a None where arithmetic is needed
+        raise ProGRPOConfigError(f"{section}: invalid value ({error}); check the types of its fields.") from None
+
+
+# --- prompts files ---------------------------------------------------------------------------
+
+
+def _prompts_txt(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _prompts_json(text: str) -> list[str]:
+    data = json.loads(text)
+    return [str(item) for item in data] if isinstance(data, list) else []
+
+
+def _prompts_jsonl(text: str) -> list[str]:
+    # Flow-GRPO's GenEval metadata: one JSON object per line with a "prompt" key.
+    return [str(json.loads(line)["prompt"]) for line in text.splitlines() if line.strip()]
+
+
+#: prompts file suffix -> parser.
+PROMPT_READERS: dict[str, Callable[[str], list[str]]] = {
+    ".txt": _prompts_txt,
+    ".json": _prompts_json,
+    ".jsonl": _prompts_jsonl,
+}
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """Prompts of a ``.txt`` / ``.json`` / ``.jsonl`` file (see :class:`TrainConfig`)."""
+    file = Path(path)
+    reader = PROMPT_READERS.get(file.suffix.lower())
+    if reader is None:
+        raise ProGRPOConfigError(
+            f"prompts_file {str(file)!r} has suffix {file.suffix!r}; use one of {sorted(PROMPT_READERS)}."
+        )
+    if not file.is_file():
+        raise ProGRPOConfigError(f"prompts_file {str(file)!r} does not exist; check the path.")
+    try:
+        prompts = reader(file.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ProGRPOConfigError(
+            f"prompts_file {str(file)!r} could not be parsed as {file.suffix} ({error!r}); "
+            "see TrainConfig.prompts_file for the formats."
+        ) from None
+    if not prompts:
+        raise ProGRPOConfigError(f"prompts_file {str(file)!r} holds no prompts; add at least one.")
+    return prompts
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a ``.yaml``/``.yml`` or ``.json`` file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ProGRPOConfigError(f"config file {str(file)!r} does not exist; check the path.")
+    text = file.read_text(encoding="utf-8")
+    import yaml
+
+    is_json = file.suffix.lower() == ".json"
+    try:
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ProGRPOConfigError(
+            f"config file {str(file)!r} is not valid {'JSON' if is_json else 'YAML'}: {error}."
+        ) from None
+    if data is None:
+        data = {}
+    return TrainConfig.from_dict(data)
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``config.to_dict()`` as YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""
+    from .checkpoint import atomic_write_text
+
+    file = Path(path)
+    data = config.to_dict()
+    if file.suffix.lower() == ".json":
+        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    elif file.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        raise ProGRPOConfigError(f"config path {str(file)!r} must end with .yaml, .yml or .json.")
+    atomic_write_text(file, text)
+    return file

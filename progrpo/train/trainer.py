@@ -1,0 +1,442 @@
+"""The LoRA GRPO training loop: rollout -> advantages -> one update, with checkpoints and resume.
+
+Per iteration ``k`` (all randomness derived from ``config.seed`` and ``k``, see :func:`derive_seed`):
+
+1. choose ``prompts_per_iteration`` prompts and encode them;
+2. Expand-and-Prune rollout (:func:`progrpo.rollout.expand_and_prune_rollout`): ``group_size``
+   trajectories per prompt, pruned at the schedule's checkpoints, survivors scored;
+3. group-relative advantages over the survivors of each prompt;
+4. :func:`progrpo.train.update.grpo_update`: one AdamW step on the LoRA weights;
+5. lr schedule step, EMA update, one JSON line in ``metrics.jsonl``, checkpoint when due.
+
+The trainer owns its global RNG state (restored around each iteration), so code running between
+iterations cannot change its results and it does not disturb the caller's RNG. The output folder
+gets ``config.yaml`` at the start, then ``metrics.jsonl``, ``checkpoints/``, and at the end (or
+when stopped) ``lora.safetensors`` (ComfyUI format) and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..advantages import group_advantages
+from ..denoisers.loading import load_denoiser
+from ..denoisers.base import Denoiser
+from ..errors import ProGRPOConfigError
+from ..log import logger
+from ..lora import add_lora, export_comfyui_lora
+from ..rewards import build_rewards
+from ..rollout import Rollout, RolloutConfig, expand_and_prune_rollout
+from .checkpoint import (
+    TrainingState,
+    capture_rng_state,
+    check_resume_compatible,
+    load_checkpoint,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import DTYPES, TrainConfig, save_config
+from .update import LoraEMA, grpo_update
+
+ProgressCallback = Callable[[int, int], None]
+StopCallback = Callable[[], bool]
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+LORA_FILE = "lora.safetensors"
+CURVE_FILE = "curve.png"
+
+
+def derive_seed(seed: int, stream: str, iteration: int = 0) -> int:
+    """A 62-bit seed for one named random stream of one iteration (independent across streams)."""
+    digest = hashlib.sha256(f"progrpo:{seed}:{stream}:{iteration}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 2
+
+
+def _generator(seed: int, stream: str, iteration: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, stream, iteration))
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def load_model(config: TrainConfig) -> Denoiser:
+    """The denoiser ``config.model`` names, in ``config.dtype`` on ``config.device``."""
+    return load_denoiser(config.model, torch_dtype=DTYPES[config.dtype], device=config.device)
+
+
+def choose_prompts(prompts: list[str], count: int, generator: torch.Generator) -> list[str]:
+    """``count`` prompts: a random subset when there are enough, else drawn with replacement."""
+    if count <= len(prompts):
+        order = torch.randperm(len(prompts), generator=generator)[:count]
+    else:
+        order = torch.randint(len(prompts), (count,), generator=generator)
+    return [prompts[i] for i in order.tolist()]
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    ``iterations_done``: completed iterations (including those of a resumed checkpoint);
+    ``stopped``: True when ``should_stop`` ended the run early; ``history``: the metric records of
+    every completed iteration (as in ``metrics.jsonl``); paths are None when not written.
+    """
+
+    output_dir: Path
+    iterations_done: int
+    stopped: bool
+    lora_path: Path | None
+    checkpoint: Path | None
+    curve_path: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Population std of ``rewards`` [N] within each group id of ``groups`` [N] -> [G]."""
+    return torch.stack([rewards[groups == g].std(unbiased=False) for g in torch.unique(groups)])
+
+
+class Trainer:
+    """One training run (see the module doc). Build it, then :meth:`run` (or use :func:`train`).
+
+    Attributes: ``config`` (resolved: prompts read from ``prompts_file``), ``denoiser``, ``reward``,
+    ``params`` (LoRA weights, float32), ``optimizer`` (AdamW), ``lr_scheduler`` (LambdaLR),
+    ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations), ``optimizer_steps``.
+    """
+
+    def __init__(self, config: TrainConfig, denoiser: Denoiser | None = None, reward: Any | None = None) -> None:
+        self.config = config.resolved()
+        self.prompts: list[str] = list(self.config.prompts or [])
+        self.output_dir = Path(self.config.output_dir)
+        self.denoiser = load_model(self.config) if denoiser is None else denoiser
+        network = getattr(self.denoiser, "network", None)
+        if not isinstance(network, torch.nn.Module):
+            raise ProGRPOConfigError(
+                f"denoiser {type(self.denoiser).__name__} has no .network module to put the LoRA on; "
+                "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline)."
+            )
+        self.network = network
+        self.reward = build_rewards(self.config.rewards) if reward is None else reward
+        self.params = add_lora(network, self.config.lora)
+        network.eval()  # sampling runs in eval mode (LoRA dropout off); grpo_update switches to train mode
+        for param in self.params:  # LoRA weights train in float32 whatever the base dtype
+            param.data = param.data.float()
+        optim = self.config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, optim.lr_lambda())
+        decay = self.config.grpo.ema_decay
+        self.ema = LoraEMA(self.params, decay) if decay is not None else None
+        self.iteration = 0
+        self.optimizer_steps = 0
+        self.history: list[dict[str, Any]] = []
+        seed = self.config.seed
+        self.rng_state: dict[str, Any] = {
+            "torch": torch.Generator().manual_seed(derive_seed(seed, "torch")).get_state(),
+            "cuda": None,
+            "python": random.Random(derive_seed(seed, "python")).getstate(),
+        }
+        self._stepped = False
+        self.optimizer.register_step_post_hook(self._mark_stepped)
+
+    def _mark_stepped(self, *_: Any) -> None:
+        self._stepped = True
+
+    # --- RNG ownership -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run with the trainer's global RNG state; it is kept only if the block completes."""
+        outer = capture_rng_state()
+        restore_rng_state(self.rng_state)
+        if self.rng_state.get("cuda") is None and torch.cuda.is_available():
+            torch.cuda.manual_seed_all(derive_seed(self.config.seed, "cuda"))
+        try:
+            yield
+        except BaseException:
+            restore_rng_state(outer)
+            raise
+        self.rng_state = capture_rng_state()
+        restore_rng_state(outer)
+
+    # --- one iteration -----------------------------------------------------------------------
+
+    def rollout_config(self, iteration: int) -> RolloutConfig:
+        """The iteration's rollout settings: ``config.rollout`` with its derived seed."""
+        return dataclasses.replace(self.config.rollout, seed=derive_seed(self.config.seed, "rollout", iteration))
+
+    def run_iteration(self) -> dict[str, Any]:
+        """Run iteration ``self.iteration`` (rollout, update, EMA, lr step); returns its metric record."""
+        k, seed = self.iteration, self.config.seed
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self._stepped = False
+        with self._own_rng():
+            prompts = choose_prompts(self.prompts, self.config.prompts_per_iteration, _generator(seed, "prompts", k))
+            conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
+            rollout = expand_and_prune_rollout(self.denoiser, conditioning, self.reward, self.rollout_config(k))
+            grpo = self.config.grpo
+            advantages = group_advantages(
+                rollout.final_rewards, rollout.prompt_index, std_mode=grpo.std_mode, clip=grpo.adv_clip
+            )
+            lr = float(self.lr_scheduler.get_last_lr()[0])
+            update = grpo_update(
+                self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
+                _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip,
+            )
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
+        self.optimizer_steps += 1
+        self.iteration += 1
+        self._stepped = False
+        record = self._record(k, rollout, update, lr, time.perf_counter() - started)
+        self.history.append(record)
+        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+        logger.info(
+            "iteration %d/%d: reward %.4f +- %.4f, loss %.4g, grad norm %.3g, %d survivors, %.1fs",
+            self.iteration, self.config.iterations, record["reward_mean"], record["reward_std"],
+            record["loss"], record["grad_norm"], record["survivors"], record["wall_time"],
+        )
+        return record
+
+    def _record(self, k: int, rollout: Rollout, update: dict[str, float], lr: float, seconds: float) -> dict[str, Any]:
+        rewards = rollout.final_rewards
+        group_std = _group_std(rewards, rollout.prompt_index)
+        record: dict[str, Any] = {
+            "iteration": k,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "reward_group_std": float(group_std.mean()),
+            "zero_std_groups": float((group_std < 1e-6).float().mean()),
+            "survivors": rollout.num_survivors,
+            "prompts": rollout.num_prompts,
+            "lr": lr,
+            **update,
+            "rows": int(update["rows"]),
+            "preview_reward_mean": [float(v.nanmean()) for v in rollout.preview_rewards],
+            "group_std_before": rollout.group_std_before.tolist(),
+            "group_std_after": rollout.group_std_after.tolist(),
+            "ledger": rollout.ledger.as_dict(),
+            "wall_time": seconds,
+        }
+        return record
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, samples_per_prompt: int = 8, seed: int = 12345, prompts: list[str] | None = None) -> torch.Tensor:
+        """Final rewards [P * samples_per_prompt] of the current policy on fixed seeds (no pruning).
+
+        Uses the training sampler (same steps, dynamics, guidance, size) with ``seed``; the same
+        ``seed`` before and after training compares the policies on identical noise.
+        """
+        config = dataclasses.replace(
+            self.config.rollout, group_size=samples_per_prompt, prune_schedule=None, selection="none",
+            seed=seed, keep_images=False,
+        )
+        conditioning = self.denoiser.encode_prompts(prompts or self.prompts, self.config.negative_prompt)
+        return expand_and_prune_rollout(self.denoiser, conditioning, self.reward, config).final_rewards
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def training_state(self) -> TrainingState:
+        return TrainingState(
+            iteration=self.iteration,
+            optimizer_steps=self.optimizer_steps,
+            optimizer=self.optimizer.state_dict(),
+            lr_scheduler=self.lr_scheduler.state_dict(),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            rng=self.rng_state,
+        )
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/iter_<iteration>`` (atomic) and point ``latest`` at it."""
+        return save_checkpoint(self.output_dir, self.network, self.training_state(), self.config.to_dict())
+
+    def resume(self, resume_from: str | Path) -> Path:
+        """Restore a checkpoint (``"latest"`` or a folder); refuses one written with a different config."""
+        folder = resolve_checkpoint(self.output_dir, resume_from)
+        check_resume_compatible(read_checkpoint_config(folder), self.config.to_dict(), folder)
+        state = load_checkpoint(folder, self.network)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.lr_scheduler)
+        if self.ema is not None and state.ema is not None:
+            self.ema.load_state_dict(state.ema)
+        self.iteration, self.optimizer_steps = state.iteration, state.optimizer_steps
+        self.rng_state = state.rng
+        logger.info("resumed from %s at iteration %d", folder, self.iteration)
+        return folder
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    def export_metadata(self) -> dict[str, Any]:
+        """Run information written into the exported LoRA's metadata."""
+        config, rollout = self.config, self.config.rollout
+        return {
+            "base_model": config.model,
+            "steps": self.optimizer_steps,
+            "iterations": self.iteration,
+            "rewards": {name: float(spec.get("weight", 1.0)) for name, spec in config.rewards.items()},
+            "reward_spec": config.rewards,
+            "group_size": rollout.group_size,
+            "final_group_size": rollout.final_group_size,
+            "prune_schedule": "" if rollout.prune_schedule is None else str(rollout.prune_schedule),
+            "selection": rollout.selection,
+            "dynamics": rollout.dynamics,
+            "noise_level": rollout.noise_level,
+            "sampler_steps": rollout.num_steps,
+            "guidance_scale": rollout.guidance_scale,
+            "resolution": [rollout.height, rollout.width],
+            "prompts_per_iteration": config.prompts_per_iteration,
+            "lr": config.optim.lr,
+            "clip_range": config.grpo.clip_range,
+            "kl_beta": config.grpo.kl_beta,
+            "ema_decay": config.grpo.ema_decay,
+            "seed": config.seed,
+        }
+
+    def export_lora(self, path: str | Path | None = None) -> Path:
+        """Write the ComfyUI LoRA (EMA weights when EMA is on) to ``path`` (default ``output_dir/lora.safetensors``)."""
+        path = Path(path) if path is not None else self.output_dir / LORA_FILE
+        swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with swap:
+            return export_comfyui_lora(self.network, self.config.lora, path, self.export_metadata())
+
+    def plot_curve(self, path: str | Path | None = None) -> Path | None:
+        """Reward and loss per iteration as a PNG (None when matplotlib is missing or nothing ran)."""
+        path = Path(path) if path is not None else self.output_dir / CURVE_FILE
+        if not self.history:
+            return None
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            logger.warning("matplotlib is not installed; %s not written (pip install matplotlib)", path)
+            return None
+        steps = [r["iteration"] + 1 for r in self.history]
+        mean = [r["reward_mean"] for r in self.history]
+        std = [r["reward_std"] for r in self.history]
+        figure = Figure(figsize=(8, 3.2))
+        FigureCanvasAgg(figure)  # Agg canvas on this figure only: no global backend switch
+        reward_axes, loss_axes = figure.subplots(1, 2)
+        reward_axes.plot(steps, mean, color="tab:blue")
+        reward_axes.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                 color="tab:blue", alpha=0.2)
+        reward_axes.set(xlabel="iteration", ylabel="reward (survivors)", title="reward")
+        loss_axes.plot(steps, [r["loss"] for r in self.history], color="tab:red")
+        loss_axes.set(xlabel="iteration", ylabel="loss", title="GRPO loss")
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png", dpi=100)
+        return path
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+        resume_from: str | Path | None = None,
+    ) -> TrainResult:
+        """Train up to ``config.iterations`` (see :func:`train`)."""
+        from tqdm.auto import tqdm
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            self.resume(resume_from)
+        elif (self.output_dir / "checkpoints").is_dir():
+            logger.warning(
+                "%s already holds checkpoints; this fresh run overwrites them as it goes "
+                "(pass resume_from='latest' to continue instead)", self.output_dir,
+            )
+        save_config(self.config, self.output_dir / CONFIG_FILE)
+        metrics_path = self.output_dir / METRICS_FILE
+        # Keep only the records of iterations this state has completed (a crash may leave later ones).
+        self.history = [r for r in _read_metrics(metrics_path) if r["iteration"] < self.iteration]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+        total, every = self.config.iterations, self.config.checkpoint_every
+        checkpoint: Path | None = None
+        saved_at = -1
+        stopped = False
+        bar = tqdm(total=total, initial=min(self.iteration, total), desc="Pro-GRPO", unit="it", disable=None)
+        try:
+            while self.iteration < total:
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    logger.info("stop requested after iteration %d", self.iteration)
+                    break
+                record = self.run_iteration()
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward_mean']:.4f}", loss=f"{record['loss']:.3g}")
+                if progress is not None:
+                    progress(self.iteration, total)
+                if every and self.iteration % every == 0:
+                    checkpoint, saved_at = self.save_checkpoint(), self.iteration
+        except KeyboardInterrupt:
+            if saved_at != self.iteration:
+                self._checkpoint_on_interrupt()
+            raise
+        finally:
+            bar.close()
+        if saved_at != self.iteration:
+            checkpoint = self.save_checkpoint()
+        lora_path = self.export_lora()
+        curve_path = self.plot_curve()
+        return TrainResult(self.output_dir, self.iteration, stopped, lora_path, checkpoint, curve_path, list(self.history))
+
+    def _checkpoint_on_interrupt(self) -> None:
+        """On Ctrl-C mid-iteration: checkpoint the last completed iteration if the weights are still its."""
+        if self._stepped:
+            logger.warning(
+                "interrupted after the optimiser step of iteration %d but before its bookkeeping; "
+                "no checkpoint written (the latest one stays valid)", self.iteration + 1,
+            )
+            return
+        folder = self.save_checkpoint()
+        logger.info("interrupted: checkpoint of %d completed iterations written to %s", self.iteration, folder)
+
+
+def train(
+    config: TrainConfig,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainResult:
+    """Train a LoRA with (Pro-)GRPO as ``config`` says; see :class:`Trainer`.
+
+    Args:
+        progress: ``progress(completed_iterations, total)`` after every iteration.
+        should_stop: polled before every iteration; returning True checkpoints, exports and returns
+            (``TrainResult.stopped``). Ctrl-C (KeyboardInterrupt) checkpoints the last completed
+            iteration and re-raises.
+        resume_from: ``"latest"`` (the newest checkpoint of ``config.output_dir``) or a checkpoint
+            folder; the config must match the checkpoint's except ``iterations``, ``output_dir``,
+            ``checkpoint_every`` and the rollout's ``measure_flops`` / ``keep_images``.
+    """
+    return Trainer(config).run(progress=progress, should_stop=should_stop, resume_from=resume_from)

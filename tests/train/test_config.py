@@ -1,0 +1,184 @@
+"""TrainConfig: dict/YAML/JSON round trips, unknown keys and bad values rejected by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from progrpo.errors import ProGRPOConfigError
+from progrpo.lora import LoraSettings
+from progrpo.pruning import PruneSchedule
+from progrpo.rollout import RolloutConfig
+from progrpo.train import (
+    RESUME_FREE_FIELDS,
+    GRPOConfig,
+    OptimConfig,
+    TrainConfig,
+    config_differences,
+    load_config,
+    read_prompts,
+    save_config,
+)
+
+
+def _config(**overrides) -> TrainConfig:
+    values = {
+        "model": "tiny:sd",
+        "prompts": ["a red cat", "a dog"],
+        "prompts_per_iteration": 2,
+        "iterations": 7,
+        "rollout": RolloutConfig(group_size=8, num_steps=6, dynamics="ddim", prune_schedule="2:4, 4:2",
+                                 sde_window=(0, 4), height=16, width=16, noise_level=0.9),
+        "lora": LoraSettings(rank=8, alpha=16.0, target_modules=("to_q", "to_v")),
+        "optim": OptimConfig(lr=3e-4, betas=(0.8, 0.99), grad_clip=None, scheduler="inverse_sqrt", warmup_steps=3),
+        "grpo": GRPOConfig(clip_range=0.2, std_mode="global", kl_beta=0.01, timestep_fraction=0.5,
+                           micro_batch_rows=3, ema_decay=0.9),
+        "rewards": {"brightness": {"weight": 2.0}, "jpeg_compressibility": {"weight": -0.5}},
+        "output_dir": "out/run",
+        "checkpoint_every": 3,
+        "seed": 11,
+        "negative_prompt": None,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_dict_round_trip_is_equal_and_plain():
+    config = _config()
+    data = config.to_dict()
+    assert data["rollout"]["prune_schedule"] == "2:4, 4:2"
+    assert data["rollout"]["sde_window"] == [0, 4]
+    assert data["optim"]["betas"] == [0.8, 0.99]
+    assert data["lora"]["target_modules"] == ["to_q", "to_v"]
+    json.dumps(data)  # plain types only
+    rebuilt = TrainConfig.from_dict(data)
+    assert rebuilt == config
+    assert isinstance(rebuilt.rollout.prune_schedule, PruneSchedule)
+    assert rebuilt.rollout.prune_schedule.checkpoints == ((2, 4), (4, 2))
+    assert rebuilt.optim.betas == (0.8, 0.99)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_file_round_trip(tmp_path: Path, suffix: str):
+    config = _config()
+    path = save_config(config, tmp_path / f"config{suffix}")
+    assert load_config(path) == config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp file left behind"
+
+
+def test_defaults_round_trip_and_partial_yaml(tmp_path: Path):
+    default = TrainConfig(prompts=["a cat"])
+    assert TrainConfig.from_dict(default.to_dict()) == default
+    path = tmp_path / "small.yaml"
+    path.write_text("prompts: [a cat]\ngrpo:\n  kl_beta: 0.04\nrollout:\n  prune_schedule: '5:4'\n")
+    loaded = load_config(path)
+    assert loaded.grpo.kl_beta == 0.04 and loaded.grpo.clip_range == 1e-4
+    assert loaded.rollout.prune_schedule == PruneSchedule(((5, 4),))
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        ({"prompts": ["a"], "learning_rate": 1e-3}, "learning_rate"),
+        ({"prompts": ["a"], "grpo": {"clip_rnage": 0.1}}, "grpo.clip_rnage"),
+        ({"prompts": ["a"], "rollout": {"groupsize": 4}}, "rollout.groupsize"),
+        ({"prompts": ["a"], "optim": {"lr": 1e-3, "momentum": 0.9}}, "optim.momentum"),
+        ({"prompts": ["a"], "lora": {"rnak": 4}}, "lora.rnak"),
+    ],
+)
+def test_unknown_key_is_rejected_by_name(data, name):
+    with pytest.raises(ProGRPOConfigError, match=f"unknown config key '{name}'"):
+        TrainConfig.from_dict(data)
+
+
+def test_unknown_key_in_yaml_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("prompts: [a cat]\nitterations: 5\n")
+    with pytest.raises(ProGRPOConfigError, match="itterations"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "data, fragments",
+    [
+        ({"optim": {"lr": -1.0}}, ["optim.lr", "> 0"]),
+        ({"optim": {"betas": [0.9]}}, ["optim.betas"]),
+        ({"optim": {"scheduler": "cosine_restarts"}}, ["optim.scheduler", "constant"]),
+        ({"grpo": {"clip_range": 0}}, ["grpo.clip_range"]),
+        ({"grpo": {"timestep_fraction": 0.0}}, ["grpo.timestep_fraction", "(0, 1]"]),
+        ({"grpo": {"micro_batch_rows": 0}}, ["grpo.micro_batch_rows"]),
+        ({"grpo": {"std_mode": "batch"}}, ["grpo.std_mode", "group"]),
+        ({"grpo": {"ema_decay": 1.5}}, ["grpo.ema_decay"]),
+        ({"rollout": {"group_size": 1}}, ["rollout", "group_size"]),
+        ({"rollout": {"group_size": 4, "prune_schedule": "2:8"}}, ["rollout", "prune_schedule", "group_size"]),
+        ({"lora": {"rank": 0}}, ["lora", "rank"]),
+        ({"iterations": 0}, ["iterations"]),
+        ({"checkpoint_every": -1}, ["checkpoint_every"]),
+        ({"model": "tiny:nope"}, ["model", "tiny:sd"]),
+        ({"dtype": "float8"}, ["dtype", "float32"]),
+        ({"rewards": {}}, ["rewards"]),
+        ({"prompts": "a cat"}, ["prompts", "list"]),
+    ],
+)
+def test_bad_values_name_the_field(data, fragments):
+    full = {"prompts": ["a cat"], **data}
+    with pytest.raises(ProGRPOConfigError) as error:
+        TrainConfig.from_dict(full)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_exactly_one_prompt_source(tmp_path: Path):
+    with pytest.raises(ProGRPOConfigError, match="exactly one of prompts"):
+        TrainConfig()
+    file = tmp_path / "p.txt"
+    file.write_text("a cat\n")
+    with pytest.raises(ProGRPOConfigError, match="exactly one of prompts"):
+        TrainConfig(prompts=["a dog"], prompts_file=str(file))
+
+
+def test_prompts_files(tmp_path: Path):
+    (tmp_path / "p.txt").write_text("a red cat\n\n  a dog  \n")
+    (tmp_path / "p.json").write_text('["one", "two"]')
+    (tmp_path / "p.jsonl").write_text('{"prompt": "x", "tag": 1}\n{"prompt": "y"}\n')
+    assert read_prompts(tmp_path / "p.txt") == ["a red cat", "a dog"]
+    assert read_prompts(tmp_path / "p.json") == ["one", "two"]
+    assert read_prompts(tmp_path / "p.jsonl") == ["x", "y"]
+    config = TrainConfig(prompts_file=str(tmp_path / "p.txt"))
+    resolved = config.resolved()
+    assert resolved.prompts == ["a red cat", "a dog"] and resolved.prompts_file is None
+    with pytest.raises(ProGRPOConfigError, match="suffix"):
+        read_prompts(tmp_path / "p.csv")
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(ProGRPOConfigError, match="bad.jsonl"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
+def test_config_differences_ignore_only_free_fields():
+    base = _config()
+    assert config_differences(base.to_dict(), base.to_dict()) == []
+    free = _config(iterations=99, output_dir="elsewhere", checkpoint_every=1)
+    assert config_differences(base.to_dict(), free.to_dict()) == []
+    changed = _config(optim=OptimConfig(lr=1e-3, betas=(0.8, 0.99), grad_clip=None, scheduler="inverse_sqrt",
+                                        warmup_steps=3), seed=12)
+    names = [name for name, _, _ in config_differences(base.to_dict(), changed.to_dict())]
+    assert names == ["optim.lr", "seed"]
+    assert {"iterations", "output_dir", "checkpoint_every"} <= RESUME_FREE_FIELDS
+
+
+def test_lr_schedules():
+    constant = OptimConfig(warmup_steps=4).lr_lambda()
+    assert [constant(k) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert OptimConfig().lr_lambda()(0) == 1.0
+    decay = OptimConfig(scheduler="inverse_sqrt", warmup_steps=4).lr_lambda()
+    assert decay(3) == 1.0 and decay(15) == pytest.approx(0.5)
+
+
+def test_yaml_written_by_save_config_is_readable_plain_yaml(tmp_path: Path):
+    path = save_config(_config(), tmp_path / "c.yml")
+    data = yaml.safe_load(path.read_text())
+    assert data["rollout"]["prune_schedule"] == "2:4, 4:2"
+    assert data["rewards"]["brightness"]["weight"] == 2.0

@@ -1,0 +1,229 @@
+"""One GRPO update on the tiny SD model: gradients, frozen base, on-policy ratio, KL, accumulation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from progrpo.advantages import group_advantages
+from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
+from progrpo.errors import ProGRPOConfigError
+from progrpo.lora import LoraSettings, add_lora
+from progrpo.rewards import build_rewards
+from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
+from progrpo.tiny_models import tiny_sd_pipeline
+from progrpo.train import (
+    UPDATE_METRICS,
+    GRPOConfig,
+    accumulate_policy_gradient,
+    approx_kl,
+    clip_fraction,
+    clipped_surrogate,
+    grpo_update,
+    recompute_log_probs,
+    select_training_pairs,
+)
+
+ROLLOUT = RolloutConfig(group_size=4, num_steps=3, dynamics="ddim", height=16, width=16, seed=3,
+                        prune_schedule="1:3, 2:2", keep_images=False, sde_window=(0, 2))
+
+
+@pytest.fixture()
+def setup():
+    """Fresh tiny SD denoiser with a LoRA, a pruned rollout over 2 prompts (4 survivors), advantages."""
+    denoiser = denoiser_from_pipeline(tiny_sd_pipeline())
+    params = add_lora(denoiser.network, LoraSettings(rank=2, alpha=2.0))
+    reward = build_rewards({"brightness": {"weight": 1.0}})
+    conditioning = denoiser.encode_prompts(["a red cat", "a dog"], "")
+    rollout = expand_and_prune_rollout(denoiser, conditioning, reward, ROLLOUT)
+    advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
+    return denoiser, params, reward, conditioning, rollout, advantages
+
+
+def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in params]
+
+
+def _lora_names(denoiser) -> list[str]:
+    return [name for name, p in denoiser.network.named_parameters() if p.requires_grad]
+
+
+# --- loss functions ----------------------------------------------------------------------------
+
+
+def test_clipped_surrogate_matches_ppo_cases():
+    eps = 0.1
+    old = torch.zeros(6)
+    ratio = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.05, 1.0])
+    new = ratio.log()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0, -3.0])
+    loss = clipped_surrogate(new, old, adv, eps)
+    # -min(r A, clip(r) A): positive A above the range is capped, negative A below it is capped.
+    expected = torch.tensor([-1.1, 1.5, -0.5, 0.9, -2.1, 3.0])
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert loss.dtype == torch.float32
+    assert clip_fraction(new, old, eps).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert torch.allclose(approx_kl(new, old), 0.5 * new.square())
+    with pytest.raises(ProGRPOConfigError, match="1-D"):
+        clipped_surrogate(new, old, adv[:3], eps)
+
+
+def test_clipped_surrogate_gradient_is_zero_outside_the_trust_region():
+    new = torch.tensor([0.5, -0.5, 0.01], requires_grad=True)
+    loss = clipped_surrogate(new, torch.zeros(3), torch.tensor([1.0, -1.0, 1.0]), 0.1).sum()
+    loss.backward()
+    assert new.grad[0] == 0 and new.grad[1] == 0  # clipped: no push further out
+    assert new.grad[2] < 0  # inside: raise log-prob of a positive-advantage row
+
+
+# --- training pairs ------------------------------------------------------------------------------
+
+
+def test_training_pairs_cover_stochastic_steps_and_fraction(setup):
+    *_, rollout, _ = setup
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    pairs = select_training_pairs(rollout, 1.0, generator)
+    assert torch.equal(generator.get_state(), state), "fraction 1 must not consume the generator"
+    assert len(pairs) == rollout.num_survivors * rollout.trainable_steps.numel()
+    half = select_training_pairs(rollout, 0.5, torch.Generator().manual_seed(1))
+    per_row = max(1, int(rollout.trainable_steps.numel() * 0.5))
+    assert len(half) == rollout.num_survivors * per_row
+    assert set(half.steps.tolist()) <= set(rollout.trainable_steps.tolist())
+    again = select_training_pairs(rollout, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(half.steps, again.steps)
+
+
+def test_deterministic_rollout_is_refused(setup):
+    denoiser, _, reward, conditioning, _, _ = setup
+    ode = expand_and_prune_rollout(denoiser, conditioning, reward, dataclasses.replace(ROLLOUT, noise_level=0.0))
+    with pytest.raises(ProGRPOConfigError, match="no stochastic step"):
+        select_training_pairs(ode, 1.0, torch.Generator())
+
+
+# --- the update ----------------------------------------------------------------------------------
+
+
+def test_gradients_reach_every_lora_parameter(setup):
+    """First update: every lora_B gets a finite non-zero gradient; lora_A's is exactly 0 because B
+    starts at 0 (peft's init), so the second update checks that every lora_A gets one too."""
+    denoiser, params, _, _, rollout, advantages = setup
+    names = _lora_names(denoiser)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    config = GRPOConfig(clip_range=0.2, micro_batch_rows=4)
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config)
+    for name, grad in zip(names, _grads(params)):
+        assert torch.isfinite(grad).all(), name
+        if ".lora_B." in name:
+            assert grad.abs().sum() > 0, f"{name} got no gradient"
+        else:
+            assert grad.abs().sum() == 0, f"{name}: lora_A should have zero gradient while B == 0"
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    assert set(metrics) == set(UPDATE_METRICS)
+    assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    optimizer.zero_grad()
+    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config)
+    for name, grad in zip(names, _grads(params)):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, f"{name} got no gradient after one step"
+
+
+def test_base_weights_unchanged_and_lora_changed(setup):
+    denoiser, params, _, _, rollout, advantages = setup
+    lora = {id(p) for p in params}
+    base = {n: p.detach().clone() for n, p in denoiser.network.named_parameters() if id(p) not in lora}
+    text = {n: p.detach().clone() for n, p in denoiser.pipeline.text_encoder.named_parameters()}
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator())
+    for name, value in denoiser.network.named_parameters():
+        if id(value) not in lora:
+            assert torch.equal(value, base[name]), f"base weight {name} changed"
+    for name, value in denoiser.pipeline.text_encoder.named_parameters():
+        assert torch.equal(value, text[name])
+    assert any(not torch.equal(p, b) for p, b in zip(params, before)), "no LoRA weight moved"
+    assert all(p.grad is None for p in params), "grads are cleared after the step"
+
+
+def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
+    denoiser, _, _, _, rollout, _ = setup
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    recomputed = recompute_log_probs(denoiser, rollout, pairs, micro_batch_rows=3)
+    stored = rollout.log_probs[pairs.rows, pairs.steps]
+    assert (recomputed - stored).abs().max() <= 1e-6
+    # Arbitrary (not group-centred) advantages, so -mean(A) is not trivially 0.
+    advantages = torch.tensor([0.7, -1.3, 2.0, 0.4])
+    assert advantages.shape == (rollout.num_survivors,)
+    metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=1e-4))
+    assert abs(metrics["ratio_mean"] - 1.0) <= 1e-6
+    assert metrics["clip_fraction"] == 0.0
+    assert metrics["approx_kl"] <= 1e-12
+    # every survivor has the same number of pairs, so the pair mean of -A*1 is -mean(A)
+    assert metrics["policy_loss"] == pytest.approx(-float(advantages.mean()), abs=1e-6)
+    assert metrics["rows"] == len(pairs)
+
+
+def test_kl_is_zero_before_the_first_update_and_positive_after(setup):
+    denoiser, params, _, _, rollout, advantages = setup
+    config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5)
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    first = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    assert first["kl"] == 0.0
+    assert first["loss"] == pytest.approx(first["policy_loss"])
+    second = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    assert second["kl"] > 0.0
+    assert second["loss"] == pytest.approx(second["policy_loss"] + 0.5 * second["kl"], rel=1e-5)
+    # the reference toggle must leave the LoRA trainable
+    assert all(p.requires_grad for p in params)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(setup):
+    denoiser, params, _, _, rollout, advantages = setup
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    # One step first so lora_B != 0 and every parameter has a non-trivial gradient.
+    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator())
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    results = {}
+    for rows in (2, len(pairs)):
+        optimizer.zero_grad(set_to_none=True)
+        metrics = accumulate_policy_gradient(
+            denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=0.2, kl_beta=0.1, micro_batch_rows=rows)
+        )
+        results[rows] = (_grads(params), metrics)
+    (small, small_metrics), (full, full_metrics) = results[2], results[len(pairs)]
+    assert max(float(a.abs().max()) for a in full) > 1e-4, "gradients too small for a meaningful comparison"
+    for a, b in zip(small, full):
+        assert (a - b).abs().max() <= 1e-6
+    for name in ("loss", "policy_loss", "kl", "ratio_mean"):
+        assert small_metrics[name] == pytest.approx(full_metrics[name], abs=1e-6)
+
+
+def test_backward_rows_are_counted(setup):
+    denoiser, params, _, _, rollout, advantages = setup
+    before = rollout.ledger.backward_rows
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(micro_batch_rows=3), params,
+                          torch.Generator())
+    # 2 stochastic steps (sde_window=(0, 2)) per survivor; the ODE step 2 is never trained
+    assert rollout.ledger.backward_rows - before == metrics["rows"] == rollout.num_survivors * 2
+
+
+def test_wrong_advantage_shape_is_refused(setup):
+    denoiser, _, _, _, rollout, _ = setup
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    with pytest.raises(ProGRPOConfigError, match="one advantage per survivor"):
+        accumulate_policy_gradient(denoiser, rollout, torch.zeros(7), pairs, GRPOConfig())
+
+
+def test_non_finite_gradient_skips_the_step(setup):
+    denoiser, params, _, _, rollout, _ = setup
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    advantages = torch.tensor([float("nan"), 1.0, -1.0, 0.0])
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(adv_clip=None), params,
+                          torch.Generator())
+    assert metrics["step_skipped"] == 1.0
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert not optimizer.state, "Adam moments must not be touched by a skipped step"
