@@ -49,6 +49,9 @@ class RolloutConfig:
             string like ``"5:24, 7:12"``; None runs every trajectory to the end.
         selection: ``ovf`` (Pro-GRPO), ``random``, ``topk`` or ``none`` (keep all, previews still
             scored for diagnostics).
+        final_keep: static filtering (the paper's OVF without Pro-GRPO): after every survivor has
+            its final reward, keep this many per prompt by ``selection`` on the FINAL rewards
+            (pruned_at = num_steps for the others). None keeps every survivor.
         sde_window: ``(start, stop)`` steps that are stochastic; the rest are ODE steps
             (Flow-GRPO-Fast / MixGRPO). None: every step is stochastic.
         height, width: image size in pixels.
@@ -65,6 +68,7 @@ class RolloutConfig:
     guidance_scale: float = 1.0
     prune_schedule: PruneSchedule | str | dict[int, int] | None = None
     selection: str = "ovf"
+    final_keep: int | None = None
     sde_window: tuple[int, int] | None = None
     height: int = 32
     width: int = 32
@@ -93,6 +97,13 @@ class RolloutConfig:
             self.prune_schedule = PruneSchedule.from_mapping(self.prune_schedule)
         if self.prune_schedule is not None:
             self.prune_schedule.validate_for(self.group_size, self.num_steps)
+        if self.final_keep is not None:
+            before = self.prune_schedule.final_keep if self.prune_schedule is not None else self.group_size
+            if isinstance(self.final_keep, bool) or not isinstance(self.final_keep, int) or not 2 <= self.final_keep < before:
+                raise ProGRPOConfigError(
+                    f"final_keep={self.final_keep!r} must be an int with 2 <= final_keep < {before} (the trajectories "
+                    "per prompt that reach the end); or None for no static filtering."
+                )
         if self.sde_window is not None:
             start, stop = (int(v) for v in self.sde_window)
             if not 0 <= start < stop <= self.num_steps:
@@ -108,9 +119,11 @@ class RolloutConfig:
     @property
     def final_group_size(self) -> int:
         """Trajectories per prompt that reach the end (and are trained)."""
-        if self.prune_schedule is None or self.selection == "none":
+        if self.selection == "none":
             return self.group_size
-        return self.prune_schedule.final_keep
+        if self.final_keep is not None:
+            return self.final_keep
+        return self.group_size if self.prune_schedule is None else self.prune_schedule.final_keep
 
     def step_noise_levels(self, default: float) -> torch.Tensor:
         """Noise level per step [T]: the configured level inside the SDE window, 0 outside."""
@@ -131,7 +144,8 @@ class Rollout:
     ``log_probs`` [S, T] fp32 (0 at deterministic steps); ``step_std`` / ``noise_levels`` [T];
     ``prompt_index`` / ``trajectory_index`` [S] (trajectory ids are 0..P*G-1, prompt-major);
     ``final_rewards`` [S]; ``preview_rewards`` [K, P*G] (NaN where not alive at that checkpoint);
-    ``pruned_at`` [P*G] (checkpoint step that stopped it, -1 for survivors);
+    ``pruned_at`` [P*G] (checkpoint step that stopped it, ``num_steps`` if a static ``final_keep``
+    filter dropped it after sampling, -1 for survivors);
     ``group_std_before`` / ``group_std_after`` [K]: within-group std of preview rewards of the
     live trajectories before and after each selection, averaged over prompts;
     ``images`` [S, 3, H, W] in [0, 1] or None.
@@ -306,6 +320,18 @@ def expand_and_prune_rollout(
         final_rewards = _score(reward, images, live_conditioning.prompts)
     ledger.final_decodes += live.shape[0]
     ledger.reward_calls += live.shape[0]
+    if config.final_keep is not None:  # static OVF: select on the true final rewards, after sampling
+        per_group = final_rewards.reshape(num_prompts, -1)
+        positions = select(config.selection, per_group, config.final_keep, selection_generator)
+        kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
+        dropped = torch.ones(live.shape[0], dtype=torch.bool)
+        dropped[kept] = False
+        pruned_at[live[dropped]] = num_steps
+        kept_device = kept.to(device)
+        live, final_rewards, images = live[kept], final_rewards[kept], images[kept_device]
+        history = [latents[kept_device] for latents in history]
+        log_probs = [values[kept_device] for values in log_probs]
+        live_conditioning = live_conditioning.take(kept)
     return Rollout(
         latents=torch.stack(history, dim=1),
         log_probs=torch.stack(log_probs, dim=1),

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from ..advantages import group_advantages
-from ..denoisers.loading import load_denoiser
 from ..denoisers.base import Denoiser
+from ..denoisers.loading import load_denoiser
+from ..diagnostics import clustering_fraction, preview_final_correlation
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from ..lora import add_lora, export_comfyui_lora
@@ -214,7 +215,7 @@ class Trainer:
         self.optimizer_steps += 1
         self.iteration += 1
         self._stepped = False
-        record = self._record(k, rollout, update, lr, time.perf_counter() - started)
+        record = self._record(k, rollout, advantages, update, lr, time.perf_counter() - started)
         self.history.append(record)
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
@@ -225,7 +226,8 @@ class Trainer:
         )
         return record
 
-    def _record(self, k: int, rollout: Rollout, update: dict[str, float], lr: float, seconds: float) -> dict[str, Any]:
+    def _record(self, k: int, rollout: Rollout, advantages: torch.Tensor, update: dict[str, float], lr: float,
+                seconds: float) -> dict[str, Any]:
         rewards = rollout.final_rewards
         group_std = _group_std(rewards, rollout.prompt_index)
         record: dict[str, Any] = {
@@ -242,6 +244,11 @@ class Trainer:
             "preview_reward_mean": [float(v.nanmean()) for v in rollout.preview_rewards],
             "group_std_before": rollout.group_std_before.tolist(),
             "group_std_after": rollout.group_std_after.tolist(),
+            # paper Observation 1: trained trajectories whose advantage is ~0 teach nothing
+            "clustering_fraction": clustering_fraction(advantages),
+            "preview_final_spearman": {  # None where no group had 3+ survivors to rank
+                str(step): (value if value == value else None) for step, value in preview_final_correlation(rollout).items()
+            },
             "ledger": rollout.ledger.as_dict(),
             "wall_time": seconds,
         }

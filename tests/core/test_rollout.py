@@ -189,3 +189,23 @@ def test_reward_must_return_one_score_per_image():
     with pytest.raises(ProGRPOConfigError, match="one per image"):
         expand_and_prune_rollout(denoiser, denoiser.encode_prompts(PROMPTS[:1]), lambda images, prompts: torch.zeros(1),
                                  RolloutConfig(group_size=2, num_steps=2))
+
+
+def test_static_final_filter_keeps_the_max_variance_subset_of_final_rewards():
+    denoiser = GaussianDenoiser(torch.zeros(2), torch.eye(2))
+    conditioning = denoiser.encode_prompts(PROMPTS)
+    common = dict(group_size=8, num_steps=4, seed=5)
+    full = expand_and_prune_rollout(denoiser, conditioning, build_reward("brightness"), RolloutConfig(**common))
+    static = expand_and_prune_rollout(denoiser, conditioning, build_reward("brightness"),
+                                      RolloutConfig(**common, final_keep=3))
+    assert static.num_survivors == 3 * len(PROMPTS)
+    assert static.ledger.trajectory_steps == full.ledger.trajectory_steps  # sampled in full, filtered after
+    from progrpo.ovf import optimal_variance_subset
+
+    expected = optimal_variance_subset(full.final_rewards.reshape(len(PROMPTS), 8), 3)
+    expected = (expected + torch.arange(len(PROMPTS)).unsqueeze(1) * 8).reshape(-1)
+    assert torch.equal(static.trajectory_index, expected)
+    assert torch.equal(static.final_rewards, full.final_rewards[expected])
+    assert (static.pruned_at == 4).sum() == 5 * len(PROMPTS)
+    with pytest.raises(ProGRPOConfigError, match="final_keep=8"):
+        RolloutConfig(group_size=8, final_keep=8)
