@@ -9,20 +9,22 @@ PYTHON=${PYTHON:-python3}
 # set PROGRPO_TORCH (e.g. "torch==2.14.1" or "torch") to choose another.
 TORCH_SPEC=${PROGRPO_TORCH:-torch==2.14.1}
 extras=$(IFS=,; echo "$*")
+# pip without this machine's local-mirror "WARNING: Location ... is ignored" noise, keeping its exit status.
+pip_quiet() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  pip_quiet install --quiet --upgrade pip
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC"
-  .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+  pip_quiet install --quiet "$TORCH_SPEC"
 fi
 stamp=".venv/.progrpo-installed-${extras:-base}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing comfyui-progrpo${extras:+[$extras]} (editable)"
-  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" 2>&1 | grep -v "^WARNING: Location" || true
+  pip_quiet install --quiet -e ".${extras:+[$extras]}"
   .venv/bin/python -c "import progrpo, diffusers, transformers, peft, kornia" 
   touch "$stamp"
 fi

@@ -2,7 +2,7 @@
 
     python scripts/train_embedded.py                      # classifier, flow and ddim (~5 min)
     python scripts/train_embedded.py --models classifier flow
-    python scripts/train_embedded.py --models flow --eval-every 50 --out /tmp/explore   # pick a checkpoint
+    python scripts/train_embedded.py --models flow --eval-every 50 --out runs/explore   # pick a checkpoint
 
 Data: scikit-learn's ``load_digits`` (1797 8x8 images, bundled, no download), upscaled
 bilinearly to 16x16, with the fixed split of :func:`progrpo.embedded.classifier.digits_split`
