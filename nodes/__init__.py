@@ -11,14 +11,33 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .expanded_sampler import ProGRPOExpandedSampler
+from .ovf_filter import ProGRPOOVFFilter
+from .plots import ProGRPOClusteringHistogram, ProGRPOPruningFunnel
 from .prune_schedule import ProGRPOPruneSchedule
+from .rewards import ProGRPORewardCombine, ProGRPORewardLoader, ProGRPORewardScore, register_rewards_folder
+from .sampler_node import ProGRPOSampler
 
 #: every node class of the extension, in menu order.
-NODE_LIST: list[type[io.ComfyNode]] = [ProGRPOPruneSchedule]
+NODE_LIST: list[type[io.ComfyNode]] = [
+    ProGRPOExpandedSampler,
+    ProGRPOSampler,
+    ProGRPOPruneSchedule,
+    ProGRPOOVFFilter,
+    ProGRPORewardLoader,
+    ProGRPORewardCombine,
+    ProGRPORewardScore,
+    ProGRPOPruningFunnel,
+    ProGRPOClusteringHistogram,
+]
 
 
 class ProGRPOExtension(ComfyExtension):
     """The extension object ComfyUI's loader receives from ``comfy_entrypoint``."""
+
+    async def on_load(self) -> None:
+        # models/rewards holds CLIPModel folders and aesthetic heads for the reward loader.
+        register_rewards_folder()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODE_LIST)

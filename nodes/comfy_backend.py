@@ -87,6 +87,24 @@ def schedule_kind(model_sampling: Any) -> str:
     )
 
 
+def schedule_from_sigmas(kind: str, sigmas: torch.Tensor) -> Schedule:
+    """progrpo Schedule of ComfyUI sigmas [N+1] for a ``"flow"`` or ``"vp"`` model (module docstring)."""
+    sigmas = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64)
+    if kind == "flow":
+        return flow_schedule(sigmas.to(torch.float32), sigmas[:-1].to(torch.float32))
+    scale = (1.0 + sigmas.square()).rsqrt()  # alpha of the variance-preserving state
+    sigma_vp = sigmas * scale
+    return Schedule(
+        alpha=scale[:-1].float(),
+        sigma=sigma_vp[:-1].float(),
+        alpha_next=scale[1:].float(),
+        sigma_next=sigma_vp[1:].float(),
+        timesteps=sigmas[:-1].float(),
+        kind="vp",
+        prediction_type="sample",
+    )
+
+
 def _per_row(values: torch.Tensor | float, rows: int) -> torch.Tensor:
     """float32 [rows] from one value or one value per row."""
     values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
@@ -194,19 +212,7 @@ class ComfyDenoiser:
         """
         sigmas = self.comfy_sigmas(num_steps)
         self._sample_sigmas = sigmas.to(torch.float32)
-        if self.kind == "flow":
-            return flow_schedule(sigmas.to(torch.float32), sigmas[:-1].to(torch.float32))
-        scale = (1.0 + sigmas.square()).rsqrt()  # alpha of the variance-preserving state
-        sigma_vp = sigmas * scale
-        return Schedule(
-            alpha=scale[:-1].float(),
-            sigma=sigma_vp[:-1].float(),
-            alpha_next=scale[1:].float(),
-            sigma_next=sigma_vp[1:].float(),
-            timesteps=sigmas[:-1].float(),
-            kind="vp",
-            prediction_type="sample",
-        )
+        return schedule_from_sigmas(self.kind, sigmas)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """Latent (C, H, W): C from the model's latent format, H, W divided by the VAE's factor (1 without)."""

@@ -1,0 +1,214 @@
+"""ProGRPOExpandedSampler: one prompt's expanded group of stochastic trajectories, pruned at checkpoints.
+
+Thin: it unpacks the sockets into a :class:`progrpo.rollout.RolloutConfig`, builds a
+:class:`~.comfy_backend.ComfyDenoiser` on the MODEL (so sampling goes through ComfyUI's own
+CFGGuider) and calls :func:`progrpo.rollout.expand_and_prune_rollout`.
+
+One prompt group: the ``positive`` CONDITIONING is the prompt; the group is ``group_size``
+trajectories of it. The LATENT input only gives the size (its batch and content are ignored,
+every trajectory starts from fresh seeded noise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from progrpo.dynamics import DYNAMICS, get_dynamics
+from progrpo.errors import ProGRPOConfigError
+from progrpo.pruning import SELECTIONS, PruneSchedule
+from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
+
+from .comfy_backend import ComfyDenoiser
+from .prune_schedule import PruneScheduleType
+
+#: socket types shared with the reward and plot nodes.
+RewardType = io.Custom("PROGRPO_REWARD")
+RolloutType = io.Custom("PROGRPO_ROLLOUT")
+
+DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
+
+
+class _ZeroReward:
+    """Stands in when no reward is connected and nothing is pruned: every image scores 0."""
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return torch.zeros(images.shape[0])
+
+
+class _NoDecodeDenoiser(ComfyDenoiser):
+    """A ComfyDenoiser for a latent model without a VAE and without a reward.
+
+    The rollout decodes its final samples for the reward; with neither a VAE nor a reward the
+    images are never looked at, so black placeholders spare the user a meaningless error.
+    """
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(latents.shape[0], 3, latents.shape[2], latents.shape[3])
+
+
+def _seed_max() -> int:
+    return 0xFFFFFFFFFFFFFFFF
+
+
+class ProGRPOExpandedSampler(io.ComfyNode):
+    """Expand-and-Prune sampling of one prompt group on a ComfyUI MODEL."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPOExpandedSampler",
+            display_name="Pro-GRPO Expanded Sampler",
+            category="Pro-GRPO/sampling",
+            description=(
+                "Samples group_size stochastic trajectories of the positive prompt with a GRPO policy dynamic. "
+                "With a prune schedule, every checkpoint decodes the clean-sample previews, scores them with the "
+                "reward and keeps the most informative subset (Optimal Variance Filtering); the survivors finish."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion or flow MODEL to sample (LoRAs and patches apply)."),
+                io.Conditioning.Input("positive", tooltip="The prompt's CONDITIONING; the whole group samples it."),
+                io.Conditioning.Input(
+                    "negative", tooltip="Negative CONDITIONING for classifier-free guidance (unused when cfg is 1)."
+                ),
+                io.Latent.Input(
+                    "latent",
+                    tooltip="Gives the latent size only (e.g. Empty Latent Image); its batch and content are ignored. "
+                    "Its channels must match the model's latent format.",
+                ),
+                io.Int.Input("group_size", default=8, min=2, max=256,
+                             tooltip="Trajectories per prompt at the start (G_max). At least 2."),
+                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps T."),
+                io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
+                               tooltip="Step dynamic: flow_sde / dance_sde need a flow model; cps, ddim and ode "
+                               "work on both; ode is deterministic."),
+                io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
+                               tooltip="The dynamic's noise knob; -1 takes the dynamic's default, 0 is deterministic."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale; 1 turns the negative branch off."),
+                io.Int.Input("seed", default=0, min=0, max=_seed_max(), control_after_generate=True,
+                             tooltip="Seeds the initial noise and every step's noise (pruning never changes a "
+                             "survivor's noise)."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="ComfyUI scheduler giving the sigmas (as in KSampler)."),
+                PruneScheduleType.Input("prune_schedule", optional=True,
+                                        tooltip="Checkpoints step:keep from Pro-GRPO Prune Schedule; leave "
+                                        "unconnected to run every trajectory to the end."),
+                io.Combo.Input("selection", options=sorted(SELECTIONS), default="ovf", optional=True,
+                               tooltip="How a checkpoint keeps its subset: ovf (max reward variance, Pro-GRPO), "
+                               "random, topk, or none (keep all; previews are still scored)."),
+                RewardType.Input("reward", optional=True,
+                                 tooltip="Scores previews and final images; required with a prune schedule."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Decodes previews and survivors; required with a prune schedule or a reward on "
+                             "a latent-space model."),
+                io.String.Input("prompt_text", default="", multiline=True, optional=True,
+                                tooltip="The prompt's text, passed to text-aware rewards (CLIP score, digit "
+                                "alignment); may stay empty for image-only rewards."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="survivors",
+                                 tooltip="Final latents of the surviving trajectories (batch = final group size)."),
+                RolloutType.Output(display_name="rollout",
+                                   tooltip="The rollout record (latents per step, log-probs, preview and final "
+                                   "rewards, pruning); feed it to the plot and training nodes."),
+                io.Image.Output(display_name="images",
+                                tooltip="Decoded survivors (black placeholders when no VAE is connected)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, noise_level: float | None = None) -> bool | str:
+        """Queue-time check of the one widget whose range (-1 or >= 0) a min/max cannot express."""
+        if noise_level is not None and noise_level < 0 and noise_level != -1:
+            return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        model: Any,
+        positive: list,
+        negative: list,
+        latent: dict,
+        group_size: int,
+        steps: int,
+        dynamics: str,
+        noise_level: float,
+        cfg: float,
+        seed: int,
+        scheduler: str,
+        prune_schedule: PruneSchedule | None = None,
+        selection: str = "ovf",
+        reward: Any | None = None,
+        vae: Any | None = None,
+        prompt_text: str = "",
+    ) -> io.NodeOutput:
+        samples = latent["samples"]
+        channels = int(model.model.latent_format.latent_channels)
+        if samples.ndim != 4 or samples.shape[1] != channels:
+            raise ProGRPOConfigError(
+                f"latent: has shape {tuple(samples.shape)} but this model needs {channels} latent channels "
+                f"[B, {channels}, H, W]; use an Empty Latent node made for this model (e.g. Empty Latent Image for "
+                "SD1.x/SDXL, EmptySD3LatentImage for SD3/Flux)."
+            )
+        latent_space = channels not in (1, 3)
+        if prune_schedule is not None:
+            if reward is None:
+                raise ProGRPOConfigError(
+                    "reward: a prune_schedule is connected but no reward; connect a Pro-GRPO Reward Loader (the "
+                    "checkpoints score previews with it) or disconnect the schedule."
+                )
+            try:
+                prune_schedule.validate_for(group_size, steps)
+            except ProGRPOConfigError as error:
+                raise ProGRPOConfigError(f"prune_schedule: {error}") from None
+        if reward is not None and latent_space and vae is None:
+            raise ProGRPOConfigError(
+                "vae: this model samples latents, so previews and survivors need a VAE to be scored; connect the "
+                "model's VAE (e.g. from Load VAE / Load Checkpoint)."
+            )
+        denoiser_class = _NoDecodeDenoiser if (reward is None and vae is None and latent_space) else ComfyDenoiser
+        denoiser = denoiser_class(model, vae=vae, scheduler=scheduler, seed=seed)
+        try:
+            get_dynamics(dynamics, denoiser.kind)
+        except ProGRPOConfigError as error:
+            raise ProGRPOConfigError(f"dynamics: {error}") from None
+        factor = 1 if vae is None else int(vae.spacial_compression_decode())
+        try:
+            config = RolloutConfig(
+                group_size=group_size, num_steps=steps, dynamics=dynamics,
+                noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
+                prune_schedule=prune_schedule, selection=selection,
+                height=int(samples.shape[2]) * factor, width=int(samples.shape[3]) * factor,
+                seed=int(seed) % (2**63), keep_images=True,
+            )
+        except ProGRPOConfigError as error:
+            raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
+        conditioning = denoiser.conditioning(positive, None if cfg == 1.0 else negative, [prompt_text.strip()])
+        bar = comfy.utils.ProgressBar(steps)
+        # every update is a cancel point under the server (its global progress hook checks the interrupt flag).
+        rollout = expand_and_prune_rollout(
+            denoiser, conditioning, reward or _ZeroReward(), config,
+            progress=lambda done, total: bar.update_absolute(done, total),
+        )
+        final = rollout.latents[:, -1]
+        survivors = {"samples": denoiser.to_comfy_latent(final).cpu()}
+        images = rollout.images
+        if images is None or (vae is None and latent_space):
+            images = torch.zeros(final.shape[0], 3, final.shape[2] * factor, final.shape[3] * factor)
+        return io.NodeOutput(survivors, rollout, images.movedim(1, -1).contiguous().float().cpu())
+
+
+def _input_named_in(message: str) -> str:
+    """Prefix naming the node input a progrpo config error is about (its messages name the field)."""
+    for field, name in (("group_size", "group_size"), ("num_steps", "steps"), ("noise_level", "noise_level"),
+                        ("dynamics", "dynamics"), ("guidance_scale", "cfg"), ("prune_schedule", "prune_schedule"),
+                        ("selection", "selection")):
+        if field in message:
+            return f"{name}: "
+    return ""

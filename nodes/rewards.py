@@ -1,0 +1,202 @@
+"""Reward nodes: load a progrpo reward by name, combine two, score an IMAGE batch.
+
+Model rewards (CLIP family) read transformers CLIPModel *folders* from ComfyUI's ``rewards``
+models folder (``models/rewards/<name>/config.json + weights``), registered by
+:func:`register_rewards_folder`; the aesthetic head is a file in the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from progrpo.errors import ProGRPOConfigError
+from progrpo.rewards import REWARDS, WeightedSum, build_reward
+
+from .expanded_sampler import RewardType
+
+FOLDER = "rewards"
+#: rewards that need a CLIPModel folder from the rewards models folder.
+MODEL_REWARDS = ("aesthetic", "clip_score", "hps", "pickscore")
+#: every reward a user can pick (digit_alignment uses the embedded classifier when no model is given).
+REWARD_NAMES = sorted(REWARDS)
+NONE = "(none)"
+HEAD_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
+
+#: socket type of a list of scores (float32 tensor [B]).
+ScoresType = io.Custom("PROGRPO_SCORES")
+
+
+def register_rewards_folder() -> None:
+    """Add ``models/rewards`` to ComfyUI's model folders (idempotent; extra_model_paths may add more)."""
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], HEAD_EXTENSIONS)
+
+
+def _roots() -> list[str]:
+    register_rewards_folder()
+    return list(folder_paths.get_folder_paths(FOLDER))
+
+
+def reward_entries() -> list[str]:
+    """Subfolders and head files of every rewards folder, by name ("(none)" first)."""
+    names: set[str] = set()
+    for root in _roots():
+        if os.path.isdir(root):
+            for entry in os.listdir(root):
+                path = os.path.join(root, entry)
+                if os.path.isdir(path) or os.path.splitext(entry)[1] in HEAD_EXTENSIONS:
+                    names.add(entry)
+    return [NONE, *sorted(names)]
+
+
+def resolve_entry(name: str, input_name: str) -> str:
+    """Absolute path of rewards-folder entry ``name``; errors name the input, the path and the folder."""
+    for root in _roots():
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    expected = " or ".join(_roots())
+    raise ProGRPOConfigError(
+        f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the CLIPModel folder "
+        "(config.json + model.safetensors) or the aesthetic head file there and refresh the page."
+    )
+
+
+def _check_choice(reward: str | None, model: str | None, head: str | None) -> str | None:
+    """The error text for a reward/model/head choice, or None when it is fine (queue-time check)."""
+    if reward is not None and reward not in REWARDS:
+        return f"reward: '{reward}' is unknown; use one of {', '.join(REWARD_NAMES)}."
+    if reward in MODEL_REWARDS and model in (None, NONE, ""):
+        return (f"model: reward '{reward}' needs a CLIPModel folder; put one in the rewards folder "
+                f"({' or '.join(_roots())}) and pick it here.")
+    if reward == "aesthetic" and head in (None, NONE, ""):
+        return "aesthetic_head: the aesthetic reward needs its MLP head file from the rewards folder; pick it here."
+    try:
+        if model not in (None, NONE, ""):
+            resolve_entry(model, "model")
+        if head not in (None, NONE, ""):
+            resolve_entry(head, "aesthetic_head")
+    except ProGRPOConfigError as error:
+        return str(error)
+    return None
+
+
+class ProGRPORewardLoader(io.ComfyNode):
+    """Builds a progrpo reward by name (weight-free, or from the rewards models folder)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPORewardLoader",
+            display_name="Pro-GRPO Reward Loader",
+            category="Pro-GRPO/rewards",
+            description="A reward for Pro-GRPO sampling and training: image statistics, JPEG size, the embedded "
+            "digit classifier, or a CLIP-family model (CLIP score, PickScore, HPS, aesthetic) from models/rewards.",
+            inputs=[
+                io.Combo.Input("reward", options=REWARD_NAMES, default="brightness",
+                               tooltip="Which reward. clip_score, pickscore, hps and aesthetic need a model folder."),
+                io.Combo.Input("model", options=reward_entries(), default=NONE,
+                               tooltip="CLIPModel folder in models/rewards for the model rewards; digit_alignment "
+                               "uses its embedded classifier when (none)."),
+                io.Combo.Input("aesthetic_head", options=reward_entries(), default=NONE,
+                               tooltip="The aesthetic reward's MLP head file in models/rewards (aesthetic only)."),
+                io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01,
+                               tooltip="Multiplies the reward (negative to minimise it)."),
+            ],
+            outputs=[RewardType.Output(display_name="reward", tooltip="The reward, for samplers and score nodes.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, reward: str | None = None, model: str | None = None,
+                        aesthetic_head: str | None = None) -> bool | str:
+        # Declaring model/aesthetic_head here makes ComfyUI skip its own "value not in list" check, so a
+        # missing file gets our message naming the folder.
+        return _check_choice(reward, model, aesthetic_head) or True
+
+    @classmethod
+    def execute(cls, reward: str, model: str, aesthetic_head: str, weight: float) -> io.NodeOutput:
+        problem = _check_choice(reward, model, aesthetic_head)
+        if problem:
+            raise ProGRPOConfigError(problem)
+        options: dict[str, Any] = {}
+        # weight-free rewards take no files: a model left selected from another reward is ignored.
+        if model not in (None, NONE, "") and (reward in MODEL_REWARDS or reward == "digit_alignment"):
+            options["path"] = resolve_entry(model, "model")
+        if reward == "aesthetic":
+            options["head"] = resolve_entry(aesthetic_head, "aesthetic_head")
+        built = build_reward(reward, **options)
+        return io.NodeOutput(built if weight == 1.0 else WeightedSum({reward: built}, {reward: float(weight)}))
+
+
+class ProGRPORewardCombine(io.ComfyNode):
+    """Weighted sum of two rewards."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPORewardCombine",
+            display_name="Pro-GRPO Reward Combine",
+            category="Pro-GRPO/rewards",
+            description="weight_a * reward_a + weight_b * reward_b.",
+            inputs=[
+                RewardType.Input("reward_a", tooltip="First reward."),
+                io.Float.Input("weight_a", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip="Weight of reward_a."),
+                RewardType.Input("reward_b", tooltip="Second reward."),
+                io.Float.Input("weight_b", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip="Weight of reward_b."),
+            ],
+            outputs=[RewardType.Output(display_name="reward", tooltip="The weighted sum.")],
+        )
+
+    @classmethod
+    def execute(cls, reward_a: Any, weight_a: float, reward_b: Any, weight_b: float) -> io.NodeOutput:
+        return io.NodeOutput(WeightedSum({"a": reward_a, "b": reward_b}, {"a": float(weight_a), "b": float(weight_b)}))
+
+
+def split_prompts(prompts: str, count: int) -> list[str]:
+    """One prompt per line for ``count`` images, or one line for all; error names ``prompts``."""
+    lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+    if not lines:
+        return [""] * count
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise ProGRPOConfigError(
+            f"prompts: {len(lines)} lines for {count} images; give one line per image or a single line for all."
+        )
+    return lines
+
+
+class ProGRPORewardScore(io.ComfyNode):
+    """Scores an IMAGE batch with a reward."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPORewardScore",
+            display_name="Pro-GRPO Reward Score",
+            category="Pro-GRPO/rewards",
+            description="Scores every image of a batch with a reward; the scores feed the OVF filter.",
+            inputs=[
+                io.Image.Input("images", tooltip="The images to score (a batch)."),
+                RewardType.Input("reward", tooltip="The reward, from Pro-GRPO Reward Loader."),
+                io.String.Input("prompts", default="", multiline=True,
+                                tooltip="One prompt per line (one per image), or one line for all images; text-aware "
+                                "rewards read it."),
+            ],
+            outputs=[
+                ScoresType.Output(display_name="scores", tooltip="One score per image (for Pro-GRPO OVF Filter)."),
+                io.String.Output(display_name="text", tooltip="'index: score' per image, for Preview Any."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, reward: Any, prompts: str) -> io.NodeOutput:
+        texts = split_prompts(prompts, images.shape[0])
+        scores = torch.as_tensor(reward.score(images.movedim(-1, 1).float(), texts)).float().reshape(-1).cpu()
+        text = "\n".join(f"{i}: {value:.6g}" for i, value in enumerate(scores.tolist()))
+        return io.NodeOutput(scores, text)
