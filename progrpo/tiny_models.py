@@ -20,13 +20,17 @@ TINY_VOCABULARY = (
 ).split()
 
 
-def tiny_tokenizer(model_max_length: int = 16) -> Any:
-    """Word-level fast tokenizer (lower-cased, digits split) with BOS/EOS/PAD/UNK specials."""
+def word_level_tokenizer(words: list[str] | tuple[str, ...], model_max_length: int) -> Any:
+    """Word-level fast tokenizer (lower-cased, digits split) over ``words``, ids after 4 specials.
+
+    Specials: [PAD]=0, [UNK]=1, [BOS]=2, [EOS]=3; every encoding is wrapped in BOS ... EOS.
+    Saves to a few-KB ``tokenizer.json`` and reloads through ``from_pretrained``.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-    vocabulary = {token: index for index, token in enumerate(specials + list(TINY_VOCABULARY) + list("0123456789"))}
+    vocabulary = {token: index for index, token in enumerate(specials + list(words))}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -43,6 +47,11 @@ def tiny_tokenizer(model_max_length: int = 16) -> Any:
         unk_token="[UNK]",
         model_max_length=model_max_length,
     )
+
+
+def tiny_tokenizer(model_max_length: int = 16) -> Any:
+    """The tiny pipelines' tokenizer: :data:`TINY_VOCABULARY` plus the ten numerals."""
+    return word_level_tokenizer(list(TINY_VOCABULARY) + list("0123456789"), model_max_length)
 
 
 def _clip_text_config(vocab_size: int, hidden_size: int = 32, projection_dim: int = 32, max_positions: int = 16) -> Any:

@@ -57,6 +57,7 @@ from progrpo.embedded.classifier import (
     load_classifier,
     save_classifier,
 )
+from progrpo.tiny_models import word_level_tokenizer
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: the generators' word-level vocabulary (after the 4 specials).
@@ -130,23 +131,7 @@ def train_classifier(folder: Path, seed: int, epochs: int = 60, batch: int = 32)
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-    vocabulary = {token: index for index, token in enumerate(specials + VOCABULARY)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocabulary["[BOS]"]), ("[EOS]", vocabulary["[EOS]"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]",
-        model_max_length=MAX_TOKENS,
-    )
+    return word_level_tokenizer(VOCABULARY, MAX_TOKENS)
 
 
 def build_networks(vocab_size: int):
