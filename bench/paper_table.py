@@ -117,18 +117,8 @@ def _diagnostic(trainer: Trainer, samples: int) -> dict[str, float | None]:
 
 
 def evaluate(trainer: Trainer, samples: int) -> float:
-    """Mean final reward of ``Trainer.evaluate`` (fixed noise, every prompt, nothing pruned).
-
-    ``Trainer.evaluate`` keeps the rollout's static ``final_keep``, which does not fit an evaluation
-    group and is no part of the policy; it is cleared for the call.
-    """
-    config = trainer.config
-    if config.rollout.final_keep is not None:
-        trainer.config = dataclasses.replace(config, rollout=dataclasses.replace(config.rollout, final_keep=None))
-    try:
-        return float(trainer.evaluate(samples, EVAL_SEED).mean())
-    finally:
-        trainer.config = config
+    """Mean final reward of ``Trainer.evaluate`` (fixed noise, every prompt, nothing pruned)."""
+    return float(trainer.evaluate(samples, EVAL_SEED).mean())
 
 
 def run_one(base: TrainConfig, name: str, seed: int, args: argparse.Namespace, measure_flops: bool) -> dict[str, Any]:

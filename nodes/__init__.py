@@ -17,6 +17,7 @@ from .plots import ProGRPOClusteringHistogram, ProGRPOPruningFunnel
 from .prune_schedule import ProGRPOPruneSchedule
 from .rewards import ProGRPORewardCombine, ProGRPORewardLoader, ProGRPORewardScore, register_rewards_folder
 from .sampler_node import ProGRPOSampler
+from .train_nodes import ProGRPOSaveLoRA, ProGRPOTrainLoop, ProGRPOTrainStep
 
 #: every node class of the extension, in menu order.
 NODE_LIST: list[type[io.ComfyNode]] = [
@@ -29,6 +30,9 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     ProGRPORewardScore,
     ProGRPOPruningFunnel,
     ProGRPOClusteringHistogram,
+    ProGRPOTrainLoop,
+    ProGRPOTrainStep,
+    ProGRPOSaveLoRA,
 ]
 
 

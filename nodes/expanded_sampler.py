@@ -196,6 +196,9 @@ class ProGRPOExpandedSampler(io.ComfyNode):
             denoiser, conditioning, reward or _ZeroReward(), config,
             progress=lambda done, total: bar.update_absolute(done, total),
         )
+        # the rollout's conditioning rows index this denoiser's prompt table: keep it for the train step
+        rollout.comfy_prompts = denoiser.prompts
+        rollout.comfy_scheduler = scheduler
         final = rollout.latents[:, -1]
         survivors = {"samples": denoiser.to_comfy_latent(final).cpu()}
         images = rollout.images

@@ -12,6 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
+from .adapter import LoraAdapter, PeftLoraAdapter
 from .config import DEFAULT_TARGETS, LoraSettings, network_class_name
 from .export import (
     EXPORT_FORMATS,
@@ -40,7 +41,9 @@ __all__ = [
     "EXPORT_FORMATS",
     "KEY_FORMATS",
     "KeyFormat",
+    "LoraAdapter",
     "LoraSettings",
+    "PeftLoraAdapter",
     "add_lora",
     "apply_comfyui_lora",
     "available_linear_names",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import replace_folder
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from .config import LoraSettings, network_class_name
@@ -40,22 +41,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 
 
-def _replace_folder(temp: Path, folder: Path) -> None:
-    """Move the finished ``temp`` folder to ``folder``, replacing an existing one.
-
-    ``os.replace`` cannot overwrite a non-empty directory, so an old folder is first renamed
-    aside and deleted only after the new one is in place.
-    """
-    backup = None
-    if folder.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        backup.rmdir()
-        os.replace(folder, backup)
-    os.replace(temp, folder)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def save_peft_adapter(
     network: torch.nn.Module, folder: str | os.PathLike[str], adapter_name: str = DEFAULT_ADAPTER
 ) -> Path:
@@ -71,7 +56,7 @@ def save_peft_adapter(
         state = lora_state_dict(network, adapter_name)
         tensors = {PEFT_PREFIX + key: value.contiguous().cpu() for key, value in state.items()}
         save_file(tensors, str(temp / WEIGHTS_NAME), metadata={"format": "pt"})
-        _replace_folder(temp, folder)
+        replace_folder(temp, folder)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

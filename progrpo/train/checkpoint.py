@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text, fsync_path, replace_folder
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from ..lora import load_peft_adapter, save_peft_adapter
@@ -46,53 +47,6 @@ FORMAT_VERSION = 1
 RESUME_FREE_FIELDS = frozenset(
     {"iterations", "output_dir", "checkpoint_every", "rollout.measure_flops", "rollout.keep_images"}
 )
-
-
-# --- atomic file system helpers --------------------------------------------------------------
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories: best effort, some platforms cannot)."""
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file next to ``path``, fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-    return path
-
-
-def _replace_folder(temp: Path, folder: Path) -> None:
-    """Rename the finished ``temp`` folder to ``folder``; an existing one is moved aside, then deleted."""
-    backup = None
-    if folder.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        backup.rmdir()
-        os.replace(folder, backup)
-    os.replace(temp, folder)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 # --- RNG states ------------------------------------------------------------------------------
@@ -152,14 +106,15 @@ def checkpoint_name(iteration: int) -> str:
 
 def save_checkpoint(
     output_dir: str | os.PathLike[str],
-    network: torch.nn.Module,
+    network: torch.nn.Module | Any,
     state: TrainingState,
     config: Mapping[str, Any],
 ) -> Path:
     """Write ``checkpoints/iter_<state.iteration>/`` atomically and point ``latest`` at it.
 
     Args:
-        network: the LoRA-injected network (its adapter is saved with ``save_peft_adapter``).
+        network: the LoRA-injected network (its adapter is saved with ``save_peft_adapter``), or a
+            :class:`progrpo.lora.adapter.LoraAdapter` (saved with its ``save``).
         config: ``TrainConfig.to_dict()`` of the resolved config.
     """
     from .. import __version__
@@ -169,7 +124,10 @@ def save_checkpoint(
     name = checkpoint_name(state.iteration)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
-        save_peft_adapter(network, temp / LORA_DIR)
+        if isinstance(network, torch.nn.Module):
+            save_peft_adapter(network, temp / LORA_DIR)
+        else:
+            network.save(temp / LORA_DIR)
         tensors = {
             "optimizer": state.optimizer,
             "lr_scheduler": state.lr_scheduler,
@@ -189,13 +147,13 @@ def save_checkpoint(
         (temp / STATE_JSON).write_text(json.dumps(record), encoding="utf-8")
         (temp / CONFIG_JSON).write_text(json.dumps(dict(config), indent=2), encoding="utf-8")
         for path in sorted(temp.rglob("*"), reverse=True):
-            _fsync_path(path)
-        _fsync_path(temp)
-        _replace_folder(temp, root / name)
+            fsync_path(path)
+        fsync_path(temp)
+        replace_folder(temp, root / name)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _fsync_path(root)
+    fsync_path(root)
     atomic_write_text(root / LATEST_FILE, name + "\n")
     logger.info("checkpoint %s written", root / name)
     return root / name
@@ -227,8 +185,10 @@ def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads((Path(folder) / CONFIG_JSON).read_text(encoding="utf-8"))
 
 
-def load_checkpoint(folder: str | os.PathLike[str], network: torch.nn.Module) -> TrainingState:
+def load_checkpoint(folder: str | os.PathLike[str], network: torch.nn.Module | Any) -> TrainingState:
     """Load the LoRA weights of ``folder`` into ``network`` (which already has the adapter) and return the rest.
+
+    ``network`` may also be a :class:`progrpo.lora.adapter.LoraAdapter` (loaded with its ``load``).
 
     The tensor file is read with ``torch.load(..., weights_only=True)``: no code in it can run.
     """
@@ -240,7 +200,10 @@ def load_checkpoint(folder: str | os.PathLike[str], network: torch.nn.Module) ->
             f"{FORMAT_VERSION}. Resume with the progrpo version that wrote it."
         )
     tensors = torch.load(folder / STATE_TENSORS, map_location="cpu", weights_only=True)
-    load_peft_adapter(network, folder / LORA_DIR)
+    if isinstance(network, torch.nn.Module):
+        load_peft_adapter(network, folder / LORA_DIR)
+    else:
+        network.load(folder / LORA_DIR)
     return TrainingState(
         iteration=int(record["iteration"]),
         optimizer_steps=int(record["optimizer_steps"]),

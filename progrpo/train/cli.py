@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import ProGRPOConfigError
 from ..log import logger
-from .checkpoint import CHECKPOINTS_DIR, LATEST_FILE, atomic_write_text, read_checkpoint_config, resolve_checkpoint
+from ..atomic import atomic_write_text
+from .checkpoint import CHECKPOINTS_DIR, LATEST_FILE, read_checkpoint_config, resolve_checkpoint
 from .config import TrainConfig, load_config
 from .trainer import Trainer
 

@@ -421,7 +421,7 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
     """Write ``config.to_dict()`` as YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""
-    from .checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     file = Path(path)
     data = config.to_dict()

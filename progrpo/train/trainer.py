@@ -36,7 +36,7 @@ from ..denoisers.loading import load_denoiser
 from ..diagnostics import clustering_fraction, preview_final_correlation
 from ..errors import ProGRPOConfigError
 from ..log import logger
-from ..lora import add_lora, export_comfyui_lora
+from ..lora.adapter import LoraAdapter, PeftLoraAdapter
 from ..rewards import build_rewards
 from ..rollout import Rollout, RolloutConfig, expand_and_prune_rollout
 from .checkpoint import (
@@ -128,23 +128,28 @@ class Trainer:
     ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations), ``optimizer_steps``.
     """
 
-    def __init__(self, config: TrainConfig, denoiser: Denoiser | None = None, reward: Any | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        denoiser: Denoiser | None = None,
+        reward: Any | None = None,
+        adapter: LoraAdapter | None = None,
+    ) -> None:
         self.config = config.resolved()
         self.prompts: list[str] = list(self.config.prompts or [])
         self.output_dir = Path(self.config.output_dir)
         self.denoiser = load_model(self.config) if denoiser is None else denoiser
         network = getattr(self.denoiser, "network", None)
-        if not isinstance(network, torch.nn.Module):
+        if adapter is None and not isinstance(network, torch.nn.Module):
             raise ProGRPOConfigError(
                 f"denoiser {type(self.denoiser).__name__} has no .network module to put the LoRA on; "
-                "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline)."
+                "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline) or pass adapter=."
             )
         self.network = network
         self.reward = build_rewards(self.config.rewards) if reward is None else reward
-        self.params = add_lora(network, self.config.lora)
-        network.eval()  # sampling runs in eval mode (LoRA dropout off); grpo_update switches to train mode
-        for param in self.params:  # LoRA weights train in float32 whatever the base dtype
-            param.data = param.data.float()
+        # default: peft on the diffusers network (eval mode for sampling, float32 LoRA weights)
+        self.adapter: LoraAdapter = PeftLoraAdapter(network, self.config.lora) if adapter is None else adapter
+        self.params = self.adapter.parameters()
         optim = self.config.optim
         self.optimizer = torch.optim.AdamW(
             self.params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, eps=optim.eps
@@ -207,7 +212,7 @@ class Trainer:
             lr = float(self.lr_scheduler.get_last_lr()[0])
             update = grpo_update(
                 self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
-                _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip,
+                _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip, adapter=self.adapter,
             )
             self.lr_scheduler.step()
             if self.ema is not None:
@@ -264,7 +269,7 @@ class Trainer:
         ``seed`` before and after training compares the policies on identical noise.
         """
         config = dataclasses.replace(
-            self.config.rollout, group_size=samples_per_prompt, prune_schedule=None, selection="none",
+            self.config.rollout, group_size=samples_per_prompt, prune_schedule=None, final_keep=None, selection="none",
             seed=seed, keep_images=False,
         )
         conditioning = self.denoiser.encode_prompts(prompts or self.prompts, self.config.negative_prompt)
@@ -284,13 +289,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/iter_<iteration>`` (atomic) and point ``latest`` at it."""
-        return save_checkpoint(self.output_dir, self.network, self.training_state(), self.config.to_dict())
+        return save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.config.to_dict())
 
     def resume(self, resume_from: str | Path) -> Path:
         """Restore a checkpoint (``"latest"`` or a folder); refuses one written with a different config."""
         folder = resolve_checkpoint(self.output_dir, resume_from)
         check_resume_compatible(read_checkpoint_config(folder), self.config.to_dict(), folder)
-        state = load_checkpoint(folder, self.network)
+        state = load_checkpoint(folder, self.adapter)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
         if self.ema is not None and state.ema is not None:
@@ -333,7 +338,7 @@ class Trainer:
         path = Path(path) if path is not None else self.output_dir / LORA_FILE
         swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with swap:
-            return export_comfyui_lora(self.network, self.config.lora, path, self.export_metadata())
+            return self.adapter.export(path, self.export_metadata())
 
     def plot_curve(self, path: str | Path | None = None) -> Path | None:
         """Reward and loss per iteration as a PNG (None when matplotlib is missing or nothing ran)."""

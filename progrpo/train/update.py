@@ -17,6 +17,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -141,6 +142,7 @@ def accumulate_policy_gradient(
     pairs: TrainingPairs,
     grpo_config: GRPOConfig,
     ledger: ComputeLedger | None = None,
+    adapter: Any | None = None,
 ) -> dict[str, float]:
     """Backpropagate the mean GRPO loss over ``pairs`` into ``.grad`` (accumulating; no optimiser step).
 
@@ -150,6 +152,8 @@ def accumulate_policy_gradient(
         advantages: [S] one per survivor (clamped here to ``grpo_config.adv_clip``).
         pairs: from :func:`select_training_pairs`.
         ledger: counts ``backward_rows`` and ``training`` FLOPs (default: ``rollout.ledger``).
+        adapter: the :class:`progrpo.lora.adapter.LoraAdapter` being trained (its ``disabled()``
+            gives the KL reference, ``training()`` the train mode); default: peft on ``denoiser.network``.
 
     Returns:
         means over the pairs: ``loss``, ``policy_loss``, ``kl`` (0 when ``kl_beta == 0``: not
@@ -167,13 +171,20 @@ def accumulate_policy_gradient(
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     network = getattr(denoiser, "network", None)
-    if grpo_config.kl_beta > 0 and not isinstance(network, torch.nn.Module):
+    if adapter is None and grpo_config.kl_beta > 0 and not isinstance(network, torch.nn.Module):
         raise ProGRPOConfigError(
-            "grpo.kl_beta > 0 needs the denoiser's LoRA network (denoiser.network) for the reference "
-            "policy; set kl_beta to 0 or use a diffusers denoiser."
+            "grpo.kl_beta > 0 needs the denoiser's LoRA network (denoiser.network) or a LoRA adapter for the "
+            "reference policy; set kl_beta to 0, pass adapter=, or use a diffusers denoiser."
         )
+
+    def reference() -> contextlib.AbstractContextManager[Any]:
+        return adapter.disabled() if adapter is not None else lora_disabled(network)
+
     sums = {"policy_loss": 0.0, "kl": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
-    mode = _training_mode(network) if isinstance(network, torch.nn.Module) else contextlib.nullcontext()
+    if adapter is not None:
+        mode = adapter.training()
+    else:
+        mode = _training_mode(network) if isinstance(network, torch.nn.Module) else contextlib.nullcontext()
     with mode:
         for start in range(0, total, grpo_config.micro_batch_rows):
             rows = pairs.rows[start:start + grpo_config.micro_batch_rows]
@@ -186,7 +197,7 @@ def accumulate_policy_gradient(
                 loss = per_row.sum()
                 if grpo_config.kl_beta > 0:
                     # Flow-GRPO: the reference is the same network with the adapter disabled (no copy).
-                    with torch.no_grad(), lora_disabled(network):
+                    with torch.no_grad(), reference():
                         reference_mean = _policy(denoiser, rollout, batch).mean
                     kl = gaussian_kl_same_std(step.mean, reference_mean, step.std)
                     loss = loss + grpo_config.kl_beta * kl.sum()
@@ -222,6 +233,7 @@ def grpo_update(
     *,
     grad_clip: float | None = 1.0,
     ledger: ComputeLedger | None = None,
+    adapter: Any | None = None,
 ) -> dict[str, float]:
     """One optimiser step of GRPO on ``rollout``; returns the metrics in :data:`UPDATE_METRICS`.
 
@@ -233,13 +245,14 @@ def grpo_update(
         generator: CPU generator choosing the trained steps when ``timestep_fraction < 1``.
         grad_clip: max global grad norm (None: measure only); ``grad_norm`` is the norm before clipping.
         ledger: receives ``backward_rows`` and training FLOPs (default ``rollout.ledger``).
+        adapter: the LoRA adapter trained (KL reference and train mode); default peft on ``denoiser.network``.
     """
     params = list(trainable_params)
     if not params:
         raise ProGRPOConfigError("trainable_params is empty; pass the parameters returned by add_lora.")
     pairs = select_training_pairs(rollout, grpo_config.timestep_fraction, generator)
     optimizer.zero_grad(set_to_none=True)
-    metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger)
+    metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter)
     max_norm = float("inf") if grad_clip is None else float(grad_clip)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     finite = math.isfinite(grad_norm)

@@ -227,3 +227,16 @@ def test_non_finite_gradient_skips_the_step(setup):
     assert metrics["step_skipped"] == 1.0
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert not optimizer.state, "Adam moments must not be touched by a skipped step"
+
+
+def test_evaluate_ignores_static_filtering_and_pruning(tmp_path):
+    """Evaluation scores the policy on every trajectory: no prune schedule, no static final_keep."""
+    from progrpo.train.config import TrainConfig
+    from progrpo.train.trainer import Trainer
+
+    config = TrainConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
+                         rollout=RolloutConfig(group_size=4, num_steps=2, height=16, width=16, final_keep=2,
+                                               prune_schedule="1:3"),
+                         rewards={"brightness": {}})
+    trainer = Trainer(config)
+    assert trainer.evaluate(samples_per_prompt=3).shape == (3,)

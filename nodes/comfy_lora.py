@@ -1,0 +1,291 @@
+"""A trainable LoRA on a ComfyUI MODEL through ComfyUI's weight wrappers (progrpo's LoraAdapter).
+
+The route ComfyUI's own trainer (comfy_extras/nodes_train.py) uses, research/comfy_risks.md
+section 1 option B: the MODEL (a ModelPatcher) is *cloned* and every targeted weight gets a
+trainable wrapper registered with ``clone.add_weight_wrapper(key, module)``. ComfyUI applies the
+wrappers when it loads the clone, on top of its own weight patches, so
+
+* the cached model the server loaded is never modified (its next load wipes the wrappers);
+* a LoRA applied upstream with the stock LoraLoader stays in effect (it is a weight patch of the
+  same patcher, merged or applied before the wrappers);
+* model eviction and reloads (VAE decodes and reward models in the loop) keep working.
+
+Inference tensors: a server loads models inside ``torch.inference_mode()``, so their parameters
+cannot be saved for backward. Instead of touching those parameters, every weight and bias of the
+model's ComfyUI layers gets a wrapper that hands the layer a normal-tensor copy of an inference
+weight (and a detached view of a normal one, so no gradient ever reaches the base). Training then
+runs under ``torch.inference_mode(False)`` and ``torch.enable_grad()``; see :func:`training_context`.
+
+The trained LoRA is each target's ``lora_up`` [out, rank] and ``lora_down`` [rank, in] (ComfyUI's
+``LoraDiff`` from ``LoRAAdapter.create_train``) with ``W' = W + (alpha / rank) up @ down``, and
+``export`` writes it in kohya naming (``lora_unet_<diffusers path>`` for UNets) with alpha tensors,
+which the stock LoraLoader maps completely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import comfy.lora
+import comfy.utils
+import torch
+from comfy.weight_adapter.lora import LoRAAdapter
+
+from progrpo.errors import ProGRPOConfigError
+
+#: module-path suffixes trained by default: the attention projections (SD1.x/SDXL/SD3/Flux names in ComfyUI).
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+WEIGHTS_FILE = "lora.safetensors"
+SETTINGS_FILE = "lora_settings.json"
+
+
+class _Switch:
+    """Shared on/off flag of one adapter's wrappers (off = the base model, the KL reference)."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+
+def _base(weight: torch.Tensor) -> torch.Tensor:
+    """The base weight as autograd may use it: a copy of an inference tensor, else a detached view."""
+    if weight.is_inference():
+        with torch.inference_mode(False):
+            return weight.detach().clone()
+    return weight.detach()
+
+
+class _FrozenWrapper(torch.nn.Module):
+    """Identity weight wrapper of a non-trained weight or bias (see the module doc, inference tensors)."""
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not torch.is_grad_enabled():
+            return weight
+        return _base(weight)
+
+    def passive_memory_usage(self) -> int:
+        return 0
+
+    def move_to(self, device: Any) -> int:
+        return 0
+
+
+class _LoraWrapper(torch.nn.Module):
+    """Trainable LoRA weight wrapper: ComfyUI's ``LoraDiff`` behind the adapter's on/off switch."""
+
+    def __init__(self, lora: torch.nn.Module, switch: _Switch) -> None:
+        super().__init__()
+        self.lora = lora
+        self._switch = switch
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        base = _base(weight) if torch.is_grad_enabled() else weight
+        if not self._switch.enabled:
+            return base
+        return self.lora(base)
+
+    def passive_memory_usage(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def move_to(self, device: Any) -> int:
+        self.to(device)
+        return self.passive_memory_usage()
+
+
+@contextlib.contextmanager
+def training_context() -> Iterator[None]:
+    """Autograd on, even inside the inference mode ComfyUI executes nodes in."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _matches(path: str, targets: Sequence[str]) -> bool:
+    return any(path == t or path.endswith("." + t) for t in targets)
+
+
+def kohya_key_names(model: Any, weight_keys: Sequence[str]) -> dict[str, str]:
+    """File key prefix for each model weight key (``diffusion_model.<path>.weight``) in ``weight_keys``.
+
+    UNets (SD1.x/SDXL): kohya ``lora_unet_<diffusers path with _>``; other models: ComfyUI's generic
+    ``diffusion_model.<path>``. Every name is checked against ComfyUI's own LoRA key map of ``model``
+    (``comfy.lora.model_lora_keys_unet``), so the stock LoraLoader loads all of them.
+    """
+    diffusers: dict[str, str] = {}
+    unet_config = getattr(getattr(model, "model_config", None), "unet_config", None) or {}
+    if "num_res_blocks" in unet_config:
+        try:
+            for name, unet_key in comfy.utils.unet_to_diffusers(unet_config).items():
+                if name.endswith(".weight"):
+                    diffusers["diffusion_model." + unet_key] = "lora_unet_" + name[: -len(".weight")].replace(".", "_")
+        except Exception:  # noqa: BLE001 (a config unet_to_diffusers does not know: use generic names)
+            diffusers = {}
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    names = {}
+    for key in weight_keys:
+        name = diffusers.get(key) or key[: -len(".weight")]
+        if key_map.get(name) != key:
+            name = key[: -len(".weight")]
+        if key_map.get(name) != key:
+            raise ProGRPOConfigError(
+                f"ComfyUI's LoRA loader has no key for weight {key!r}; LoRA targets must be weights of the "
+                "diffusion model's layers."
+            )
+        names[key] = name
+    return names
+
+
+class ComfyLoraAdapter:
+    """progrpo :class:`~progrpo.lora.adapter.LoraAdapter` on a ComfyUI MODEL (module doc).
+
+    Args:
+        model: the MODEL (ModelPatcher) to train on; it is cloned, never modified.
+        rank, alpha: LoRA rank and alpha (scale ``alpha / rank``).
+        targets: module-path suffixes to train (default: the attention projections).
+        seed: seeds the LoRA init (ComfyUI's: Kaiming ``lora_up``, zero ``lora_down``: the identity).
+
+    ``patcher`` is the clone carrying the wrappers: sample and train with it.
+    """
+
+    def __init__(self, model: Any, rank: int = 4, alpha: float = 4.0, targets: Sequence[str] | None = None,
+                 seed: int = 0) -> None:
+        if int(rank) < 1:
+            raise ProGRPOConfigError(f"rank={rank} must be >= 1.")
+        self.rank, self.alpha = int(rank), float(alpha)
+        self.targets = tuple(targets or DEFAULT_TARGETS)
+        self.patcher = model.clone()
+        self._switch = _Switch()
+        self.wrappers: dict[str, _LoraWrapper] = {}
+        trained = []
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) % (2**63))
+            for path, module in self.patcher.model.named_modules():
+                if not hasattr(module, "weight_function"):
+                    continue
+                weight = getattr(module, "weight", None)
+                if weight is not None:
+                    key = f"{path}.weight"
+                    if weight.ndim == 2 and path.startswith("diffusion_model.") and _matches(path, self.targets):
+                        lora = LoRAAdapter.create_train(weight, rank=self.rank, alpha=self.alpha).float()
+                        lora.alpha.requires_grad_(False)
+                        wrapper = _LoraWrapper(lora, self._switch)
+                        self.wrappers[key] = wrapper
+                        self.patcher.add_weight_wrapper(key, wrapper)
+                        trained.append(key)
+                    else:
+                        self.patcher.add_weight_wrapper(key, _FrozenWrapper())
+                if getattr(module, "bias", None) is not None:
+                    self.patcher.add_weight_wrapper(f"{path}.bias", _FrozenWrapper())
+        if not trained:
+            raise ProGRPOConfigError(
+                f"LoRA targets {list(self.targets)} match no Linear layer of this MODEL's diffusion model; use "
+                "attention projection names such as to_q, to_k, to_v, to_out.0."
+            )
+        self.key_names = kohya_key_names(self.patcher.model, trained)
+
+    # --- LoraAdapter -------------------------------------------------------------------------
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        params = []
+        for wrapper in self.wrappers.values():
+            params += [wrapper.lora.lora_up.weight, wrapper.lora.lora_down.weight]
+        return params
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        previous = self._switch.enabled
+        self._switch.enabled = False
+        try:
+            yield
+        finally:
+            self._switch.enabled = previous
+
+    def training(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()  # no dropout in ComfyUI's LoraDiff
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``<file key>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` (the exported file's tensors)."""
+        state = {}
+        for key, wrapper in self.wrappers.items():
+            name = self.key_names[key]
+            state[f"{name}.lora_up.weight"] = wrapper.lora.lora_up.weight.detach().float().cpu().clone()
+            state[f"{name}.lora_down.weight"] = wrapper.lora.lora_down.weight.detach().float().cpu().clone()
+            state[f"{name}.alpha"] = torch.tensor(self.alpha, dtype=torch.float32)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        expected = set(self.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ProGRPOConfigError(
+                f"LoRA weights do not fit this adapter: missing {missing[:4]} ({len(missing)}), unexpected "
+                f"{unexpected[:4]} ({len(unexpected)}); resume with the same model, rank and targets."
+            )
+        with torch.inference_mode(False), torch.no_grad():
+            for key, wrapper in self.wrappers.items():
+                name = self.key_names[key]
+                for part in ("lora_up", "lora_down"):
+                    param = getattr(wrapper.lora, part).weight
+                    value = state[f"{name}.{part}.weight"]
+                    if value.shape != param.shape:
+                        raise ProGRPOConfigError(
+                            f"LoRA weight {name}.{part} has shape {tuple(value.shape)}, this adapter "
+                            f"{tuple(param.shape)}; resume with the same rank and model."
+                        )
+                    param.copy_(value.to(param))
+
+    def settings(self) -> dict[str, Any]:
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``folder/lora.safetensors`` + ``lora_settings.json`` (atomic folder replace)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            save_file(self.state_dict(), str(temp / WEIGHTS_FILE))
+            (temp / SETTINGS_FILE).write_text(json.dumps(self.settings()), encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(temp, folder)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return folder
+
+    def load(self, folder: str | os.PathLike[str]) -> None:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        if settings != self.settings():
+            raise ProGRPOConfigError(
+                f"checkpoint {str(folder)!r} holds a LoRA with {settings}, this run has {self.settings()}; resume "
+                "with the same rank, alpha and targets (or start a new run name)."
+            )
+        self.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+
+    def export(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the LoRA file (kohya keys + alpha; ``metadata`` as JSON strings) atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"progrpo": "1", "rank": str(self.rank), "alpha": str(self.alpha)}
+        for name, value in (metadata or {}).items():
+            meta[f"progrpo_{name}"] = value if isinstance(value, str) else json.dumps(value, default=str)
+        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(self.state_dict(), str(temp), metadata=meta)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,442 @@
+"""Training nodes: ProGRPOTrainLoop (a whole GRPO run on a MODEL) and ProGRPOSaveLoRA (into models/loras).
+
+The loop is thin: it builds a :class:`progrpo.train.TrainConfig` from the sockets, a
+:class:`~.comfy_lora.ComfyLoraAdapter` (trainable weight wrappers on a *clone* of the MODEL, so
+the model the server cached is never modified and upstream LoRAs stay in effect) and a
+:class:`~.comfy_backend.ComfyDenoiser` on that clone, and runs :class:`progrpo.train.Trainer`
+under ``torch.inference_mode(False)`` + ``torch.enable_grad()``.
+
+Progress and cancel: the progress bar ticks once per iteration and every model evaluation checks
+ComfyUI's interrupt flag, so Cancel / ``POST /interrupt`` stops within one iteration. The last
+completed iteration is then checkpointed (atomically, under ``output/progrpo/<run_name>``) and a
+run with ``resume`` on continues from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from progrpo.dynamics import DYNAMICS, get_dynamics
+from progrpo.errors import ProGRPOConfigError
+from progrpo.lora import LoraSettings
+from progrpo.pruning import SELECTIONS, PruneSchedule
+from progrpo.rollout import RolloutConfig
+from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
+from progrpo.train.config import read_prompts
+from progrpo.train.trainer import Trainer
+
+from .comfy_backend import ComfyDenoiser
+from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
+from .expanded_sampler import DEFAULT_DYNAMICS, RewardType, RolloutType
+from .prune_schedule import PruneScheduleType
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,149}$")
+#: text the rewards see in CONDITIONING mode (no prompt text is known there).
+CONDITIONING_PROMPT = "(positive conditioning)"
+
+
+class TrainedLora(dict):
+    """A ``LORA_MODEL`` (ComfyUI's dict of LoRA tensors, as its own training nodes pass it) plus ``metadata``.
+
+    Stock nodes (Load LoRA Model, Save LoRA Weights) see a plain dict of tensors; ProGRPOSaveLoRA also
+    writes ``metadata`` (run settings) into the file.
+    """
+
+    metadata: dict[str, str]
+
+
+class _TrainDenoiser(ComfyDenoiser):
+    """ComfyDenoiser whose every model evaluation is a cancel point; optionally fixed CONDITIONINGs."""
+
+    fixed: tuple[Any, Any] | None = None
+
+    def predict(self, sample, timestep, conditioning, guidance_scale):  # type: ignore[override]
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return super().predict(sample, timestep, conditioning, guidance_scale)
+
+    def encode_prompts(self, prompts, negative_prompt=""):  # type: ignore[override]
+        if self.fixed is None:
+            return super().encode_prompts(prompts, negative_prompt)
+        positive, negative = self.fixed
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not hasattr(self, "_fixed_rows"):
+            self._fixed_rows = (self.prompts.add(positive), None if negative is None else self.prompts.add(negative))
+        positive_row, negative_row = self._fixed_rows
+        return self._rows_conditioning(
+            [positive_row] * len(prompts), None if negative_row is None else [negative_row], prompts
+        )
+
+
+def resolve_prompt_file(name: str) -> Path:
+    """``name`` inside ComfyUI's input folder (never outside it); raises naming the input."""
+    root = Path(folder_paths.get_input_directory()).resolve()
+    if not name.strip():
+        raise ProGRPOConfigError(
+            "prompt_file: empty; put a .txt file with one prompt per line into ComfyUI's input folder "
+            f"({root}) and enter its name, or connect positive CONDITIONING instead of clip."
+        )
+    path = (root / name.strip()).resolve()
+    if not path.is_relative_to(root):
+        raise ProGRPOConfigError(
+            f"prompt_file: {name!r} points outside ComfyUI's input folder {root}; give a file name inside it."
+        )
+    if not path.is_file():
+        raise ProGRPOConfigError(
+            f"prompt_file: {name!r} was not found in ComfyUI's input folder {root}; put the prompt file there "
+            "(one prompt per line)."
+        )
+    return path
+
+
+def image_from_png(path: Path | None, fallback: tuple[int, int] = (64, 64)) -> torch.Tensor:
+    """IMAGE [1, H, W, 3] float in [0, 1] from a PNG (black when there is none)."""
+    if path is None or not Path(path).is_file():
+        return torch.zeros(1, fallback[0], fallback[1], 3)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).unsqueeze(0)
+
+
+def run_directory(run_name: str) -> Path:
+    if not RUN_NAME.match(run_name or ""):
+        raise ProGRPOConfigError(
+            f"run_name: {run_name!r} must be 1-100 characters of letters, digits, '_', '-' or '.', starting "
+            "with a letter or digit (it names the folder under ComfyUI's output/progrpo)."
+        )
+    return Path(folder_paths.get_output_directory()) / "progrpo" / run_name
+
+
+class ProGRPOTrainLoop(io.ComfyNode):
+    """A whole Pro-GRPO LoRA training run on a MODEL, with checkpoints, resume and a reward curve."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPOTrainLoop",
+            display_name="Pro-GRPO Train Loop",
+            category="Pro-GRPO/training",
+            description=(
+                "Trains a LoRA on the MODEL with GRPO: every iteration samples an expanded group of stochastic "
+                "trajectories per prompt, prunes it at the schedule's checkpoints (Optimal Variance Filtering), "
+                "scores the survivors with the reward and takes one optimiser step. The input MODEL is not "
+                "modified; the output MODEL is a copy with the trained LoRA applied."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL to train a LoRA for (upstream LoRAs and patches stay "
+                               "in effect; it is never modified)."),
+                io.Vae.Input("vae", tooltip="Decodes survivors and previews for the reward (the model's VAE)."),
+                RewardType.Input("reward", tooltip="What to maximise: a Pro-GRPO Reward Loader / Combine."),
+                io.Int.Input("group_size", default=8, min=2, max=256,
+                             tooltip="Trajectories per prompt at the start (G_max); at least 2."),
+                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps per trajectory."),
+                io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
+                               tooltip="Policy step dynamic: flow_sde / dance_sde need a flow model; cps and ddim "
+                               "work on both (ode has no policy gradient)."),
+                io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
+                               tooltip="The dynamic's noise knob; -1 takes its default. Must be > 0 to train."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale while sampling and training; 1 turns the "
+                               "negative branch off."),
+                io.Int.Input("width", default=512, min=8, max=4096, step=8,
+                             tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
+                io.Int.Input("height", default=512, min=8, max=4096, step=8,
+                             tooltip="Image height in pixels (a multiple of the VAE's downscale factor)."),
+                io.Int.Input("iterations", default=100, min=1, max=1000000,
+                             tooltip="Rollout + update rounds (one optimiser step each), in all, resumed ones "
+                             "included."),
+                io.Float.Input("lr", default=1e-4, min=0.0, max=1.0, step=1e-6, round=1e-8,
+                               tooltip="AdamW learning rate of the LoRA weights."),
+                io.Int.Input("rank", default=8, min=1, max=256, tooltip="LoRA rank."),
+                io.Float.Input("alpha", default=8.0, min=0.0, max=1024.0, step=0.5,
+                               tooltip="LoRA alpha; the update is scaled by alpha / rank."),
+                io.Int.Input("checkpoint_every", default=10, min=0, max=100000,
+                             tooltip="Write a resumable checkpoint every this many iterations (0: only at the end "
+                             "or when cancelled)."),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from the run's latest checkpoint if there is one (same settings "
+                                 "required); off starts over and overwrites the run's checkpoints."),
+                io.String.Input("run_name", default="progrpo_run",
+                                tooltip="Folder under ComfyUI's output/progrpo for checkpoints, metrics, the LoRA "
+                                "file and the curve; letters, digits, '_', '-', '.'."),
+                io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
+                             tooltip="Seeds prompt choice, noise, LoRA init: the same seed and settings give the "
+                             "same run."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="ComfyUI scheduler giving the sigmas (as in KSampler)."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Encodes the prompts of prompt_file (use this or positive)."),
+                io.String.Input("prompt_file", default="", optional=True,
+                                tooltip="With clip: a .txt file (one prompt per line) in ComfyUI's input folder."),
+                io.String.Input("negative_prompt", default="", optional=True,
+                                tooltip="With clip: the shared negative prompt for CFG."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Instead of clip + prompt_file: one prompt's CONDITIONING to train on."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="With positive: the negative CONDITIONING for CFG (needed when cfg != 1)."),
+                PruneScheduleType.Input("prune_schedule", optional=True,
+                                        tooltip="Pro-GRPO checkpoints step:keep; unconnected: plain GRPO "
+                                        "(every trajectory trained)."),
+                io.Combo.Input("selection", options=sorted(SELECTIONS), default="ovf", optional=True,
+                               tooltip="How checkpoints keep their subset: ovf (Pro-GRPO), random, topk, none."),
+                io.Int.Input("prompts_per_iteration", default=1, min=1, max=256, optional=True,
+                             tooltip="Prompt groups per iteration."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model",
+                                tooltip="A copy of the input MODEL with the trained LoRA applied."),
+                io.LoraModel.Output(display_name="lora",
+                                    tooltip="The trained LoRA weights (kohya keys + alpha); save them with Pro-GRPO "
+                                    "Save LoRA, or apply them with Load LoRA Model."),
+                io.Image.Output(display_name="curve", tooltip="Reward and loss per iteration."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None) -> bool | str:
+        if noise_level is not None and noise_level < 0 and noise_level != -1:
+            return f"noise_level={noise_level}: use -1 for the dynamic's default or a value > 0."
+        if run_name is not None and not RUN_NAME.match(run_name):
+            return (f"run_name={run_name!r}: use 1-100 letters, digits, '_', '-' or '.', starting with a letter "
+                    "or digit.")
+        return True
+
+    @classmethod
+    def execute(cls, model: Any, vae: Any, reward: Any, group_size: int, steps: int, dynamics: str,
+                noise_level: float, cfg: float, width: int, height: int, iterations: int, lr: float, rank: int,
+                alpha: float, checkpoint_every: int, resume: bool, run_name: str, seed: int, scheduler: str,
+                clip: Any | None = None, prompt_file: str = "", negative_prompt: str = "",
+                positive: list | None = None, negative: list | None = None,
+                prune_schedule: PruneSchedule | None = None, selection: str = "ovf",
+                prompts_per_iteration: int = 1) -> io.NodeOutput:
+        output_dir = run_directory(run_name)
+        if clip is not None and positive is not None:
+            raise ProGRPOConfigError(
+                "clip / positive: both are connected; train either on prompt_file (clip) or on one CONDITIONING "
+                "(positive), not both."
+            )
+        if clip is not None:
+            try:
+                prompts = read_prompts(resolve_prompt_file(prompt_file))
+            except ProGRPOConfigError as error:
+                message = str(error)
+                raise ProGRPOConfigError(message if message.startswith("prompt_file:") else f"prompt_file: {message}") from None
+        elif positive is not None:
+            if cfg != 1.0 and negative is None:
+                raise ProGRPOConfigError(
+                    "negative: cfg is not 1, so guidance needs a negative CONDITIONING; connect one or set cfg to 1."
+                )
+            prompts = [CONDITIONING_PROMPT]
+        else:
+            raise ProGRPOConfigError(
+                "clip / positive: connect clip (with prompt_file naming a prompt list in ComfyUI's input folder) "
+                "or positive (one prompt's CONDITIONING)."
+            )
+        if prune_schedule is not None:
+            try:
+                prune_schedule.validate_for(group_size, steps)
+            except ProGRPOConfigError as error:
+                raise ProGRPOConfigError(f"prune_schedule: {error}") from None
+        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, targets=DEFAULT_TARGETS, seed=seed)
+        denoiser = _TrainDenoiser(adapter.patcher, vae=vae, clip=clip, scheduler=scheduler, seed=seed)
+        if positive is not None:
+            denoiser.fixed = (positive, None if cfg == 1.0 else negative)
+        try:
+            get_dynamics(dynamics, denoiser.kind)
+        except ProGRPOConfigError as error:
+            raise ProGRPOConfigError(f"dynamics: {error}") from None
+        factor = int(vae.spacial_compression_decode())
+        for name, size in (("width", width), ("height", height)):
+            if size % factor:
+                raise ProGRPOConfigError(
+                    f"{name}: {size} is not a multiple of the VAE's downscale factor {factor}; use "
+                    f"{max(factor, size // factor * factor)}."
+                )
+        try:
+            config = TrainConfig(
+                model="comfyui", prompts=prompts, prompts_per_iteration=prompts_per_iteration,
+                iterations=iterations, checkpoint_every=checkpoint_every, seed=int(seed),
+                negative_prompt=(negative_prompt if clip is not None and cfg != 1.0 else None),
+                output_dir=str(output_dir), rewards={"comfyui_reward": {"weight": 1.0}},
+                rollout=RolloutConfig(
+                    group_size=group_size, num_steps=steps, dynamics=dynamics,
+                    noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
+                    prune_schedule=prune_schedule, selection=selection, height=height, width=width,
+                    keep_images=False,
+                ),
+                lora=LoraSettings(rank=rank, alpha=alpha, target_modules=DEFAULT_TARGETS),
+                optim=OptimConfig(lr=lr),
+                grpo=GRPOConfig(),
+            )
+        except ProGRPOConfigError as error:
+            raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
+        trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter)
+        latest = output_dir / "checkpoints" / "latest"
+        resume_from = "latest" if resume and latest.is_file() else None
+        bar = comfy.utils.ProgressBar(iterations)
+        with training_context():
+            try:
+                result = trainer.run(progress=lambda done, total: bar.update_absolute(done, total),
+                                     resume_from=resume_from)
+            except comfy.model_management.InterruptProcessingException:
+                trainer._checkpoint_on_interrupt()  # the last completed iteration, resumable
+                raise
+        lora = TrainedLora(adapter.state_dict())
+        lora.metadata = _metadata(trainer.export_metadata(), adapter)
+        curve = image_from_png(result.curve_path)
+        return io.NodeOutput(adapter.patcher, lora, curve)
+
+
+def _metadata(run: dict[str, Any], adapter: ComfyLoraAdapter) -> dict[str, str]:
+    import json
+
+    meta = {"progrpo": "1", "rank": str(adapter.rank), "alpha": str(adapter.alpha)}
+    for name, value in run.items():
+        meta[f"progrpo_{name}"] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return meta
+
+
+def _input_named_in(message: str) -> str:
+    for field, name in (("group_size", "group_size"), ("num_steps", "steps"), ("noise_level", "noise_level"),
+                        ("dynamics", "dynamics"), ("guidance_scale", "cfg"), ("prune_schedule", "prune_schedule"),
+                        ("selection", "selection"), ("height", "height"), ("width", "width"), ("lr", "lr"),
+                        ("rank", "rank"), ("alpha", "alpha"), ("iterations", "iterations")):
+        if field in message:
+            return f"{name}: "
+    return ""
+
+
+class ProGRPOSaveLoRA(io.ComfyNode):
+    """Write a LoRA into ComfyUI's loras folder so the stock Load LoRA node lists and applies it."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPOSaveLoRA",
+            display_name="Pro-GRPO Save LoRA",
+            category="Pro-GRPO/training",
+            description="Saves the trained LoRA as <name>.safetensors in ComfyUI's loras folder (kohya keys with "
+            "alpha, as the stock Load LoRA node maps them), with the run settings as metadata.",
+            inputs=[
+                io.LoraModel.Input("lora", tooltip="The LoRA from Pro-GRPO Train Loop."),
+                io.String.Input("name", default="progrpo_lora",
+                                tooltip="File name without .safetensors; letters, digits, spaces, '_', '-', '.'. "
+                                "An existing file of that name is replaced."),
+            ],
+            outputs=[io.String.Output(display_name="lora_name",
+                                      tooltip="The file name as Load LoRA lists it.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, name: str | None = None) -> bool | str:
+        if name is not None and not LORA_NAME.match(name.removesuffix(".safetensors")):
+            return (f"name={name!r}: use 1-150 letters, digits, spaces, '_', '-' or '.', starting with a letter "
+                    "or digit, and no folders.")
+        return True
+
+    @classmethod
+    def execute(cls, lora: dict, name: str) -> io.NodeOutput:
+        from safetensors.torch import save_file
+
+        stem = name.removesuffix(".safetensors")
+        if not LORA_NAME.match(stem):
+            raise ProGRPOConfigError(f"name: {name!r} is not a plain file name; use letters, digits, '_', '-', '.'.")
+        tensors = {key: value.detach().contiguous().cpu() for key, value in lora.items()
+                   if isinstance(value, torch.Tensor)}
+        if not tensors:
+            raise ProGRPOConfigError("lora: holds no tensors; connect the lora output of Pro-GRPO Train Loop.")
+        folder = Path(folder_paths.get_folder_paths("loras")[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stem}.safetensors"
+        temp = folder / f".{stem}.safetensors.tmp-{os.getpid()}"
+        try:
+            save_file(tensors, str(temp), metadata=dict(getattr(lora, "metadata", None) or {"progrpo": "1"}))
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return io.NodeOutput(path.name, ui={"text": [path.name]})
+
+
+class ProGRPOTrainStep(io.ComfyNode):
+    """One GRPO update of a LoRA from one rollout of Pro-GRPO Expanded Sampler."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPOTrainStep",
+            display_name="Pro-GRPO Train Step",
+            category="Pro-GRPO/training",
+            description=(
+                "One optimiser step of GRPO on the survivors of a rollout (advantages from their final rewards). "
+                "The rollout must have been sampled by this MODEL with this LoRA applied (e.g. the model output of "
+                "the previous step) so the policy ratio starts at 1. The optimiser starts fresh each step; for "
+                "whole runs use Pro-GRPO Train Loop."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base MODEL the rollout was sampled with (never modified)."),
+                RolloutType.Input("rollout", tooltip="The rollout record from Pro-GRPO Expanded Sampler."),
+                io.Float.Input("lr", default=1e-4, min=0.0, max=1.0, step=1e-6, round=1e-8,
+                               tooltip="AdamW learning rate of this step."),
+                io.Int.Input("rank", default=8, min=1, max=256, tooltip="LoRA rank (must match the lora input)."),
+                io.Float.Input("alpha", default=8.0, min=0.0, max=1024.0, step=0.5,
+                               tooltip="LoRA alpha (scale alpha / rank; must match the lora input)."),
+                io.Int.Input("seed", default=0, min=0, max=2**62, tooltip="Seeds the LoRA init of a fresh LoRA."),
+                io.LoraModel.Input("lora", optional=True,
+                                   tooltip="LoRA to continue from (the lora output of a previous step); "
+                                   "unconnected: a fresh LoRA."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="A copy of the MODEL with the updated LoRA applied."),
+                io.LoraModel.Output(display_name="lora", tooltip="The updated LoRA weights."),
+                io.String.Output(display_name="metrics", tooltip="The update's metrics as JSON."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: Any, rollout: Any, lr: float, rank: int, alpha: float, seed: int,
+                lora: dict | None = None) -> io.NodeOutput:
+        import json
+
+        from progrpo.advantages import group_advantages
+        from progrpo.train.update import grpo_update
+
+        prompts = getattr(rollout, "comfy_prompts", None)
+        if prompts is None:
+            raise ProGRPOConfigError(
+                "rollout: this rollout was not made by Pro-GRPO Expanded Sampler in this ComfyUI session; connect "
+                "its rollout output."
+            )
+        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, targets=DEFAULT_TARGETS, seed=seed)
+        if lora is not None:
+            try:
+                adapter.load_state_dict({k: v for k, v in lora.items() if isinstance(v, torch.Tensor)})
+            except ProGRPOConfigError as error:
+                raise ProGRPOConfigError(f"lora: {error}") from None
+        denoiser = _TrainDenoiser(adapter.patcher, scheduler=getattr(rollout, "comfy_scheduler", "normal"))
+        denoiser.prompts = prompts
+        grpo = GRPOConfig()
+        advantages = group_advantages(rollout.final_rewards, rollout.prompt_index, std_mode=grpo.std_mode,
+                                      clip=grpo.adv_clip)
+        params = adapter.parameters()
+        with training_context():
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=OptimConfig().weight_decay)
+            metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params,
+                                  torch.Generator().manual_seed(int(seed)), adapter=adapter)
+        out = TrainedLora(adapter.state_dict())
+        out.metadata = {"progrpo": "1", "rank": str(adapter.rank), "alpha": str(adapter.alpha)}
+        return io.NodeOutput(adapter.patcher, out, json.dumps(metrics))

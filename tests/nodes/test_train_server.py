@@ -1,0 +1,200 @@
+"""Pro-GRPO training in a real ComfyUI server: the shipped training workflow over HTTP, progress on /ws,
+POST /interrupt with a resumable checkpoint, the cached model untouched, the saved LoRA loading cleanly."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+
+import pytest
+import torch
+from comfy_harness import REPO, requires_comfyui
+from tiny_stock_models import write_tiny_stock_models
+
+pytestmark = [pytest.mark.slow, requires_comfyui]
+
+WORKFLOW = REPO / "workflows" / "train_lora_sd15.api.json"
+UI_WORKFLOW = REPO / "workflows" / "train_lora_sd15.json"
+PROMPTS = "a photo of a red cat\na blue car on a street\n"
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    write_tiny_stock_models(comfy_server.models)
+    (comfy_server.base / "input").mkdir(exist_ok=True)
+    (comfy_server.base / "input" / "progrpo_prompts.txt").write_text(PROMPTS)
+    yield comfy_server
+    for path in comfy_server.models.glob("*/tiny_*.safetensors"):
+        path.unlink()
+
+
+def _workflow() -> dict:
+    return json.loads(WORKFLOW.read_text())
+
+
+def _post(server, path: str, body: dict) -> dict:
+    request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        data = response.read()
+    return json.loads(data) if data else {}
+
+
+class _Socket:
+    """A /ws client (websocket-client) collecting JSON messages."""
+
+    def __init__(self, server) -> None:
+        import websocket
+
+        self.client_id = uuid.uuid4().hex
+        self.ws = websocket.create_connection(f"{server.url.replace('http', 'ws')}/ws?clientId={self.client_id}",
+                                              timeout=300)
+        self.messages: list[dict] = []
+
+    def queue(self, server, prompt: dict) -> str:
+        return _post(server, "/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+
+    def next(self) -> dict:
+        while True:
+            frame = self.ws.recv()
+            if isinstance(frame, str):
+                message = json.loads(frame)
+                self.messages.append(message)
+                return message
+
+    def until(self, prompt_id: str, kinds: set[str]) -> dict:
+        while True:
+            message = self.next()
+            if message["type"] in kinds and message["data"].get("prompt_id") == prompt_id:
+                return message
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def _stock_sample(server, prefix: str, lora: str | None = None) -> torch.Tensor:
+    """Stock KSampler on the cached UNETLoader model (optionally through LoraLoaderModelOnly) -> saved latent."""
+    from safetensors.torch import load_file
+
+    workflow = _workflow()
+    prompt = {key: workflow[key] for key in ("1", "2", "9", "10", "11")}
+    model = ["1", 0]
+    if lora is not None:
+        prompt["20"] = {"class_type": "LoraLoaderModelOnly",
+                        "inputs": {"model": ["1", 0], "lora_name": lora, "strength_model": 1.0}}
+        model = ["20", 0]
+    prompt["21"] = {"class_type": "KSampler", "inputs": {**workflow["12"]["inputs"], "model": model, "seed": 3}}
+    prompt["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["21", 0], "filename_prefix": prefix}}
+    status, body = server.post_prompt(prompt)
+    assert status == 200, body
+    entry = server.wait_history(body["prompt_id"], timeout=120)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = entry["outputs"]["22"]["latents"][0]
+    return load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+
+def test_training_workflow_runs_over_http_with_progress_and_a_loadable_lora(server):
+    before = _stock_sample(server, "before")
+    socket = _Socket(server)
+    try:
+        began = time.monotonic()
+        prompt_id = socket.queue(server, _workflow())
+        done = socket.until(prompt_id, {"execution_success", "execution_error", "execution_interrupted"})
+        seconds = time.monotonic() - began
+    finally:
+        socket.close()
+    assert done["type"] == "execution_success", done
+    progress = [m["data"] for m in socket.messages if m["type"] == "progress" and m["data"].get("node") == "6"]
+    assert [p["value"] for p in progress][-1] == 2 and all(p["max"] == 2 for p in progress), progress
+    entry = server.wait_history(prompt_id)
+    assert entry["outputs"]["8"]["images"] and entry["outputs"]["14"]["images"]
+    lora = server.models / "loras" / "progrpo_sd15_brightness.safetensors"
+    assert lora.is_file()
+    run = server.base / "output" / "progrpo" / "sd15_brightness"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "iter_2"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    print(f"training workflow (2 iterations) took {seconds:.1f} s")
+
+    # the cached model is untouched; the saved LoRA loads through the stock loader with every key mapped
+    assert torch.equal(_stock_sample(server, "after"), before)
+    log_start = len(server.log())
+    with_lora = _stock_sample(server, "with_lora", lora=lora.name)
+    assert "lora key not loaded" not in server.log()[log_start:]
+    assert not torch.equal(with_lora, before)
+
+
+def test_interrupt_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(server):
+    before = _stock_sample(server, "before_interrupt")
+    workflow = _workflow()
+    prompt = {key: workflow[key] for key in ("1", "2", "3", "4", "5", "6", "8")}
+    prompt["6"]["inputs"].update(iterations=500, checkpoint_every=0, run_name="interrupted", resume=False)
+    socket = _Socket(server)
+    try:
+        prompt_id = socket.queue(server, prompt)
+        while True:
+            message = socket.until(prompt_id, {"progress", "execution_error", "execution_success"})
+            assert message["type"] == "progress", message
+            if message["data"].get("node") == "6" and message["data"]["value"] >= 1:
+                break
+        seen = message["data"]["value"]
+        _post(server, "/interrupt", {"prompt_id": prompt_id})
+        stopped = socket.until(prompt_id, {"execution_interrupted", "execution_error", "execution_success"})
+    finally:
+        socket.close()
+    assert stopped["type"] == "execution_interrupted", stopped
+    reached = max(m["data"]["value"] for m in socket.messages
+                  if m["type"] == "progress" and m["data"].get("node") == "6")
+    run = server.base / "output" / "progrpo" / "interrupted"
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    iteration = int(latest.removeprefix("iter_"))
+    assert seen <= iteration <= seen + 1 and reached <= iteration <= reached + 1  # within one iteration
+
+    assert torch.equal(_stock_sample(server, "after_interrupt"), before)
+
+    prompt["6"]["inputs"].update(iterations=iteration + 1, resume=True)
+    status, body = server.post_prompt(prompt)
+    assert status == 200, body
+    entry = server.wait_history(body["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(iteration + 1))
+
+
+def test_train_workflow_ui_and_api_twins_match(comfy_server):
+    from test_nodes_server import _widget_names
+
+    ui, api = json.loads(UI_WORKFLOW.read_text()), _workflow()
+    nodes = {str(node["id"]): node for node in ui["nodes"] if node["type"] != "Note"}
+    assert any(node["type"] == "Note" for node in ui["nodes"])
+    assert {k: n["type"] for k, n in nodes.items()} == {k: n["class_type"] for k, n in api.items()}
+    ui_links = set()
+    for link_id, source, source_slot, target, target_slot, kind in ui["links"]:
+        target_input = nodes[str(target)]["inputs"][target_slot]
+        assert target_input["link"] == link_id and target_input["type"] == kind
+        assert link_id in nodes[str(source)]["outputs"][source_slot]["links"]
+        ui_links.add((str(target), target_input["name"], str(source), source_slot))
+    api_links = {(node_id, name, value[0], value[1]) for node_id, node in api.items()
+                 for name, value in node["inputs"].items() if isinstance(value, list)}
+    assert ui_links == api_links
+    info = comfy_server.get("/object_info")
+    for node_id, node in nodes.items():
+        names = _widget_names(info[node["type"]])
+        literal = {k: v for k, v in api[node_id]["inputs"].items() if not isinstance(v, list)}
+        from_ui = {n: v for n, v in zip(names, node["widgets_values"], strict=True) if n != "<control_after_generate>"}
+        assert from_ui == literal, node["type"]
+
+
+def test_training_nodes_are_listed_with_category_and_input_tooltips(comfy_server):
+    info = comfy_server.get("/object_info")
+    for node in ("ProGRPOTrainLoop", "ProGRPOTrainStep", "ProGRPOSaveLoRA"):
+        entry = info[node]
+        assert entry["category"] == "Pro-GRPO/training"
+        assert entry["display_name"].startswith("Pro-GRPO")
+        inputs = {**entry["input"].get("required", {}), **entry["input"].get("optional", {})}
+        for name, spec in inputs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
+        assert all(entry["output_tooltips"]), node
+    assert info["ProGRPOTrainLoop"]["output"] == ["MODEL", "LORA_MODEL", "IMAGE"]
+    assert info["ProGRPOSaveLoRA"]["output_node"] is True
