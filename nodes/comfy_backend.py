@@ -43,7 +43,7 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from progrpo.denoisers.base import Conditioning, guidance_branches
+from progrpo.denoisers.base import Conditioning, guidance_branches, row_timesteps
 from progrpo.errors import ProGRPOConfigError
 from progrpo.schedule import Schedule, flow_schedule
 
@@ -103,18 +103,6 @@ def schedule_from_sigmas(kind: str, sigmas: torch.Tensor) -> Schedule:
         kind="vp",
         prediction_type="sample",
     )
-
-
-def _per_row(values: torch.Tensor | float, rows: int) -> torch.Tensor:
-    """float32 [rows] from one value or one value per row."""
-    values = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-    if values.numel() == 1:
-        return values.expand(rows)
-    if values.numel() != rows:
-        raise ProGRPOConfigError(
-            f"timestep has {values.numel()} entries but sample has {rows} rows; pass one timestep per row."
-        )
-    return values
 
 
 class ComfyDenoiser:
@@ -253,7 +241,7 @@ class ComfyDenoiser:
         start/end percentages. Gradients flow (nothing here disables autograd).
         """
         rows = self._check_sample(sample, conditioning)
-        sigma = _per_row(timestep, rows).to(sample.device)
+        sigma = row_timesteps(timestep, rows, sample.device)
         guided = guidance_branches(guidance_scale, conditioning) == 2
         conds = {"positive": self.prompts.select(conditioning.positive[ROW_KEY])}
         if guided:

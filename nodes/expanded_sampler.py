@@ -18,19 +18,19 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from progrpo.dynamics import DYNAMICS, get_dynamics
+from progrpo.dynamics import get_dynamics
 from progrpo.errors import ProGRPOConfigError
 from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 
 from .comfy_backend import ComfyDenoiser
 from .prune_schedule import PruneScheduleType
+from .sampling_inputs import check_noise_level, sampling_inputs
 
 #: socket types shared with the reward and plot nodes.
 RewardType = io.Custom("PROGRPO_REWARD")
 RolloutType = io.Custom("PROGRPO_ROLLOUT")
 
-DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
 
 
 class _ZeroReward:
@@ -80,16 +80,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                     tooltip="Gives the latent size only (e.g. Empty Latent Image); its batch and content are ignored. "
                     "Its channels must match the model's latent format.",
                 ),
-                io.Int.Input("group_size", default=8, min=2, max=256,
-                             tooltip="Trajectories per prompt at the start (G_max). At least 2."),
-                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps T."),
-                io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
-                               tooltip="Step dynamic: flow_sde / dance_sde need a flow model; cps, ddim and ode "
-                               "work on both; ode is deterministic."),
-                io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
-                               tooltip="The dynamic's noise knob; -1 takes the dynamic's default, 0 is deterministic."),
-                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; 1 turns the negative branch off."),
+                *sampling_inputs(training=False),
                 io.Int.Input("seed", default=0, min=0, max=_seed_max(), control_after_generate=True,
                              tooltip="Seeds the initial noise and every step's noise (pruning never changes a "
                              "survivor's noise)."),
@@ -123,10 +114,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, noise_level: float | None = None) -> bool | str:
-        """Queue-time check of the one widget whose range (-1 or >= 0) a min/max cannot express."""
-        if noise_level is not None and noise_level < 0 and noise_level != -1:
-            return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
-        return True
+        return check_noise_level(noise_level)
 
     @classmethod
     def execute(

@@ -19,6 +19,7 @@ from progrpo.dynamics import DYNAMICS, get_dynamics, policy_step
 from progrpo.errors import ProGRPOConfigError
 
 from .comfy_backend import schedule_from_sigmas, schedule_kind
+from .sampling_inputs import check_noise_level
 
 
 def sample_policy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
@@ -77,10 +78,7 @@ class ProGRPOSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, noise_level: float | None = None) -> bool | str:
-        """Queue-time check: noise_level is -1 (the dynamic's default) or >= 0."""
-        if noise_level is not None and noise_level < 0 and noise_level != -1:
-            return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
-        return True
+        return check_noise_level(noise_level)
 
     @classmethod
     def execute(cls, dynamics: str, noise_level: float) -> io.NodeOutput:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from progrpo.dynamics import DYNAMICS, get_dynamics
+from progrpo.dynamics import get_dynamics
 from progrpo.errors import ProGRPOConfigError
 from progrpo.lora import LoraSettings
 from progrpo.pruning import SELECTIONS, PruneSchedule
@@ -38,7 +38,8 @@ from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
-from .expanded_sampler import DEFAULT_DYNAMICS, RewardType, RolloutType
+from .expanded_sampler import RewardType, RolloutType
+from .sampling_inputs import check_noise_level, sampling_inputs
 from .prune_schedule import PruneScheduleType
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -140,17 +141,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                                "in effect; it is never modified)."),
                 io.Vae.Input("vae", tooltip="Decodes survivors and previews for the reward (the model's VAE)."),
                 RewardType.Input("reward", tooltip="What to maximise: a Pro-GRPO Reward Loader / Combine."),
-                io.Int.Input("group_size", default=8, min=2, max=256,
-                             tooltip="Trajectories per prompt at the start (G_max); at least 2."),
-                io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps per trajectory."),
-                io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
-                               tooltip="Policy step dynamic: flow_sde / dance_sde need a flow model; cps and ddim "
-                               "work on both (ode has no policy gradient)."),
-                io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
-                               tooltip="The dynamic's noise knob; -1 takes its default. Must be > 0 to train."),
-                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale while sampling and training; 1 turns the "
-                               "negative branch off."),
+                *sampling_inputs(training=True),
                 io.Int.Input("width", default=512, min=8, max=4096, step=8,
                              tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
                 io.Int.Input("height", default=512, min=8, max=4096, step=8,
@@ -207,8 +198,9 @@ class ProGRPOTrainLoop(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None) -> bool | str:
-        if noise_level is not None and noise_level < 0 and noise_level != -1:
-            return f"noise_level={noise_level}: use -1 for the dynamic's default or a value > 0."
+        noise_ok = check_noise_level(noise_level)
+        if noise_ok is not True:
+            return noise_ok
         if run_name is not None and not RUN_NAME.match(run_name):
             return (f"run_name={run_name!r}: use 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                     "or digit.")

@@ -17,7 +17,7 @@ import torch
 from ..errors import ProGRPOConfigError
 from ..schedule import Schedule, schedule_from_scheduler
 from ._cfg import guided_prediction
-from .base import Conditioning
+from .base import Conditioning, row_timesteps
 
 
 def vae_scale_factor(vae: Any | None) -> int:
@@ -59,18 +59,6 @@ def decode_latents(vae: Any | None, latents: torch.Tensor) -> torch.Tensor:
         scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + shift
         images = vae.decode(scaled, return_dict=False)[0].float()
     return (images / 2 + 0.5).clamp(0, 1)
-
-
-def _row_timesteps(timestep: torch.Tensor | float, rows: int, device: torch.device) -> torch.Tensor:
-    """Timesteps float32 [rows] from a tensor with ``rows`` entries or one entry (shared by all rows)."""
-    values = torch.as_tensor(timestep, dtype=torch.float32, device=device).reshape(-1)
-    if values.numel() == 1:
-        return values.expand(rows)
-    if values.numel() != rows:
-        raise ProGRPOConfigError(
-            f"timestep has {values.numel()} entries but sample has {rows} rows; pass one timestep per row."
-        )
-    return values
 
 
 class DiffusersDenoiser(ABC):
@@ -163,7 +151,7 @@ class DiffusersDenoiser(ABC):
         return guided_prediction(
             self._forward,
             sample.to(device=self.device, dtype=self.dtype),
-            _row_timesteps(timestep, rows, self.device),
+            row_timesteps(timestep, rows, self.device),
             self._on_network(conditioning),
             float(guidance_scale),
         )

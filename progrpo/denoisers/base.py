@@ -88,6 +88,20 @@ class Denoiser(Protocol):
         ...
 
 
+def row_timesteps(timestep: torch.Tensor | float, rows: int, device: torch.device | None = None) -> torch.Tensor:
+    """Timesteps float32 [rows] from a tensor with ``rows`` entries or one entry (shared by all rows)."""
+    from ..errors import ProGRPOConfigError
+
+    values = torch.as_tensor(timestep, dtype=torch.float32, device=device).reshape(-1)
+    if values.numel() == 1:
+        return values.expand(rows)
+    if values.numel() != rows:
+        raise ProGRPOConfigError(
+            f"timestep has {values.numel()} entries but sample has {rows} rows; pass one timestep per row."
+        )
+    return values
+
+
 def guidance_branches(guidance_scale: float, conditioning: Conditioning) -> int:
     """Network evaluations per row: 2 when classifier-free guidance runs, else 1."""
     return 2 if (guidance_scale != 1.0 and conditioning.negative is not None) else 1

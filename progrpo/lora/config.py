@@ -15,6 +15,18 @@ import torch
 
 from ..errors import ProGRPOConfigError
 
+#: the attention projections of an MMDiT block (SD3 joint blocks, Flux double blocks).
+_MMDIT_ATTENTION = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
 #: network class name -> peft ``target_modules`` entries trained by default. peft matches an entry
 #: against a module path when the path equals it or ends with ``"." + entry``.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -23,29 +35,11 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "UNet2DConditionModel": ("to_q", "to_k", "to_v", "to_out.0"),
     # SD3 / SD3.5: the 8 joint-attention projections Flow-GRPO trains. The "attn." prefix keeps
     # SD3.5-M's extra ``attn2`` self-attention out, matching Flow-GRPO's target list.
-    "SD3Transformer2DModel": (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    ),
+    "SD3Transformer2DModel": _MMDIT_ATTENTION,
     # Flux: the same projections in the double-stream blocks; single-stream blocks only have
     # attn.to_q/k/v (their output is ``proj_out``, shared with the MLP). ComfyUI maps every one of
     # them, the single-block q/k/v as slices of ``linear1``.
-    "FluxTransformer2DModel": (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    ),
+    "FluxTransformer2DModel": _MMDIT_ATTENTION,
 }
 
 

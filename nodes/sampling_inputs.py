@@ -1,0 +1,34 @@
+"""Inputs the sampling and training nodes share (same names, ranges and tooltips everywhere)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from progrpo.dynamics import DYNAMICS
+
+DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
+
+
+def sampling_inputs(training: bool) -> list:
+    """group_size, steps, dynamics, noise_level, cfg; ``training`` adds what matters for a policy gradient."""
+    trained = " Must be > 0 to train." if training else ""
+    return [
+        io.Int.Input("group_size", default=8, min=2, max=256,
+                     tooltip="Trajectories per prompt at the start (G_max); at least 2."),
+        io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps T per trajectory."),
+        io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
+                       tooltip="Step dynamic: flow_sde / dance_sde need a flow model; cps, ddim and ode work on "
+                       "both; ode is deterministic (no policy gradient)."),
+        io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
+                       tooltip="The dynamic's noise knob; -1 takes the dynamic's default, 0 is deterministic." + trained),
+        io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale" + (" while sampling and training" if training else "")
+                       + "; 1 turns the negative branch off."),
+    ]
+
+
+def check_noise_level(noise_level: float | None) -> bool | str:
+    """Queue-time check of the one widget whose range (-1 or >= 0) a min/max cannot express."""
+    if noise_level is not None and noise_level < 0 and noise_level != -1:
+        return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
+    return True
