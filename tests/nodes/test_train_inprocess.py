@@ -222,3 +222,27 @@ def test_train_step_updates_the_lora_on_policy_from_an_expanded_sampler_rollout(
     assert second_lora.keys() == first_lora.keys()
     assert any(not torch.equal(second_lora[k], first_lora[k]) for k in first_lora)
     assert torch.equal(_ksampler(model, positive, negative), before)
+
+
+def test_model_eviction_during_training_changes_nothing(loaded):
+    """A reward (or VAE) loading mid-run makes ComfyUI evict the models it manages; training must not
+    notice: the LoRA equals the one of an undisturbed run and the cached model stays bit-identical."""
+    import comfy.model_management
+
+    model, vae, reward, positive, negative = loaded
+    before = _ksampler(model, positive, negative)
+
+    class Evicting:
+        evictions = 0
+
+        def score(self, images, prompts):
+            comfy.model_management.unload_all_models()  # what loading another model under memory pressure does
+            Evicting.evictions += 1
+            return reward.score(images, prompts)
+
+    _, calm_lora, _ = _train(model, vae, reward, positive, negative, run_name="calm")
+    _, evicted_lora, _ = _train(model, vae, Evicting(), positive, negative, run_name="evicted")
+    assert Evicting.evictions >= TRAIN["iterations"]
+    assert calm_lora.keys() == evicted_lora.keys()
+    assert all(torch.equal(calm_lora[key], evicted_lora[key]) for key in calm_lora)
+    assert torch.equal(_ksampler(model, positive, negative), before)
