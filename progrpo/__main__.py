@@ -19,7 +19,7 @@ from .log import logger
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="training config (YAML or JSON), e.g. progrpo/configs/tiny_flow_brightness.yaml")
+    parser.add_argument("config", help="training config (YAML or JSON), e.g. progrpo/configs/digits_flow_alignment.yaml")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--iterations", type=int, help="override the number of iterations")
     parser.add_argument("--resume", nargs="?", const="latest", help="resume from a checkpoint folder (default: latest)")
