@@ -34,12 +34,18 @@ def test_comfy_node_validate_passes_on_the_repository(tmp_path):
 
 
 def test_comfy_run_executes_the_inspection_api_twin(comfy_server, tmp_path):
+    # The shipped twin with another sampler seed: the same prompt queued again by another test on
+    # this session's server would otherwise be served from ComfyUI's cache, with no outputs in history.
+    workflow = json.loads((REPO / "workflows" / "inspect_expanded_sampling.api.json").read_text())
+    sampler = next(node for node in workflow.values() if node["class_type"] == "ProGRPOExpandedSampler")
+    sampler["inputs"]["seed"] += 1
+    workflow_file = tmp_path / "inspect_expanded_sampling.api.json"
+    workflow_file.write_text(json.dumps(workflow))
     write_tiny_stock_models(comfy_server.models)
     try:
         host, port = comfy_server.url.rsplit("//", 1)[1].split(":")
         result = subprocess.run(
-            [str(COMFY), "--workspace", str(COMFYUI), "run", "--workflow",
-             str(REPO / "workflows" / "inspect_expanded_sampling.api.json"),
+            [str(COMFY), "--workspace", str(COMFYUI), "run", "--workflow", str(workflow_file),
              "--host", host, "--port", port, "--wait", "--timeout", "300"],
             cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=400,
         )
