@@ -30,7 +30,7 @@ previews scored, nothing pruned), the clean measurement; Pro-GRPO/Flash also rep
 correlation among their training survivors.
 
     .venv/bin/python bench/paper_table.py              # defaults (30 it x 3 seeds x 9 runs): 22 min measured
-    .venv/bin/python bench/paper_table.py --smoke --out /tmp/pt   # ~1-2 min
+    .venv/bin/python bench/paper_table.py --smoke --out runs/paper_table_smoke   # ~1-2 min
 
 Writes ``paper_table.md``, ``paper_table.json`` and ``paper_table_curves.png`` to ``--out``
 (default ``bench/results/``).
