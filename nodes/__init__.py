@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .embedded_model import ProGRPOEmbeddedModelLoader
 from .expanded_sampler import ProGRPOExpandedSampler
 from .ovf_filter import ProGRPOOVFFilter
 from .plots import ProGRPOClusteringHistogram, ProGRPOPruningFunnel
+from .prompt_grid import ProGRPOPromptGrid
 from .prune_schedule import ProGRPOPruneSchedule
 from .rewards import ProGRPORewardCombine, ProGRPORewardLoader, ProGRPORewardScore, register_rewards_folder
 from .sampler_node import ProGRPOSampler
@@ -21,6 +23,7 @@ from .train_nodes import ProGRPOSaveLoRA, ProGRPOTrainLoop, ProGRPOTrainStep
 
 #: every node class of the extension, in menu order.
 NODE_LIST: list[type[io.ComfyNode]] = [
+    ProGRPOEmbeddedModelLoader,
     ProGRPOExpandedSampler,
     ProGRPOSampler,
     ProGRPOPruneSchedule,
@@ -33,6 +36,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     ProGRPOTrainLoop,
     ProGRPOTrainStep,
     ProGRPOSaveLoRA,
+    ProGRPOPromptGrid,
 ]
 
 

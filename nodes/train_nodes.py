@@ -39,8 +39,9 @@ from progrpo.train.trainer import Trainer
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
 from .expanded_sampler import RewardType, RolloutType
-from .sampling_inputs import check_noise_level, sampling_inputs
+from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
+from .sampling_inputs import check_noise_level, sampling_inputs
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,149}$")
@@ -85,8 +86,9 @@ def resolve_prompt_file(name: str) -> Path:
     root = Path(folder_paths.get_input_directory()).resolve()
     if not name.strip():
         raise ProGRPOConfigError(
-            "prompt_file: empty; put a .txt file with one prompt per line into ComfyUI's input folder "
-            f"({root}) and enter its name, or connect positive CONDITIONING instead of clip."
+            "prompt_file: empty; write the prompts into the prompts box (one per line), or put a .txt file with "
+            f"one prompt per line into ComfyUI's input folder ({root}) and enter its name, or connect positive "
+            "CONDITIONING instead of clip."
         )
     path = (root / name.strip()).resolve()
     if not path.is_relative_to(root):
@@ -171,7 +173,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.Clip.Input("clip", optional=True,
                               tooltip="Encodes the prompts of prompt_file (use this or positive)."),
                 io.String.Input("prompt_file", default="", optional=True,
-                                tooltip="With clip: a .txt file (one prompt per line) in ComfyUI's input folder."),
+                                tooltip="With clip: a .txt file (one prompt per line) in ComfyUI's input folder; "
+                                "when empty, the prompts box is used."),
                 io.String.Input("negative_prompt", default="", optional=True,
                                 tooltip="With clip: the shared negative prompt for CFG."),
                 io.Conditioning.Input("positive", optional=True,
@@ -185,6 +188,10 @@ class ProGRPOTrainLoop(io.ComfyNode):
                                tooltip="How checkpoints keep their subset: ovf (Pro-GRPO), random, topk, none."),
                 io.Int.Input("prompts_per_iteration", default=1, min=1, max=256, optional=True,
                              tooltip="Prompt groups per iteration."),
+                # New inputs go last: UI-format workflows store widget values by position.
+                io.String.Input("prompts", default="", multiline=True, optional=True,
+                                tooltip="With clip and no prompt_file: the prompts to train on, one per line "
+                                "(kept inside the workflow, so a shared workflow carries them)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -213,14 +220,17 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 clip: Any | None = None, prompt_file: str = "", negative_prompt: str = "",
                 positive: list | None = None, negative: list | None = None,
                 prune_schedule: PruneSchedule | None = None, selection: str = "ovf",
-                prompts_per_iteration: int = 1) -> io.NodeOutput:
+                prompts_per_iteration: int = 1, prompts: str = "") -> io.NodeOutput:
         output_dir = run_directory(run_name)
         if clip is not None and positive is not None:
             raise ProGRPOConfigError(
                 "clip / positive: both are connected; train either on prompt_file (clip) or on one CONDITIONING "
                 "(positive), not both."
             )
-        if clip is not None:
+        prompt_text = prompts
+        if clip is not None and not (prompt_file or "").strip() and (prompt_text or "").strip():
+            prompts = prompt_lines(prompt_text)
+        elif clip is not None:
             try:
                 prompts = read_prompts(resolve_prompt_file(prompt_file))
             except ProGRPOConfigError as error:

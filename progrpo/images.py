@@ -37,6 +37,29 @@ def image_grid(images: torch.Tensor, columns: int | None = None, captions: Seque
     return grid
 
 
+def titled_grid(images: torch.Tensor, title: str, captions: Sequence[str] | None = None, columns: int | None = None,
+                min_cell: int = 64) -> Image.Image:
+    """``image_grid`` under a title strip; small images are enlarged (nearest) to at least ``min_cell`` px.
+
+    images [B, 3, H, W] in [0, 1]; ``captions`` (one per image) go under each tile.
+    """
+    scale = max(1, math.ceil(min_cell / min(images.shape[2], images.shape[3])))
+    body = image_grid(images, columns=columns, captions=captions, scale=scale)
+    strip = 14
+    out = Image.new("RGB", (body.width, body.height + strip), "white")
+    out.paste(body, (0, strip))
+    ImageDraw.Draw(out).text((2, 1), title[: max(1, body.width // 6)], fill="black")
+    return out
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 [3, H, W] in [0, 1]."""
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
 def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None,
               captions: Sequence[str] | None = None, scale: int = 1) -> Path:
     path = Path(path)

@@ -353,14 +353,18 @@ class Trainer:
             return None
         steps = [r["iteration"] + 1 for r in self.history]
         mean = [r["reward_mean"] for r in self.history]
-        std = [r["reward_std"] for r in self.history]
+        # The survivors' spread is what OVF maximises, so a +-std band says nothing about progress;
+        # a trailing mean over 10 iterations shows the trend through the per-iteration noise.
+        window = min(10, len(mean))
+        trailing = [sum(mean[max(0, i - window + 1): i + 1]) / len(mean[max(0, i - window + 1): i + 1])
+                    for i in range(len(mean))]
         figure = Figure(figsize=(8, 3.2))
         FigureCanvasAgg(figure)  # Agg canvas on this figure only: no global backend switch
         reward_axes, loss_axes = figure.subplots(1, 2)
-        reward_axes.plot(steps, mean, color="tab:blue")
-        reward_axes.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                 color="tab:blue", alpha=0.2)
-        reward_axes.set(xlabel="iteration", ylabel="reward (survivors)", title="reward")
+        reward_axes.plot(steps, mean, color="tab:blue", alpha=0.35, linewidth=1, label="per iteration")
+        reward_axes.plot(steps, trailing, color="tab:blue", linewidth=2, label=f"mean of last {window}")
+        reward_axes.legend(loc="lower right", fontsize="small")
+        reward_axes.set(xlabel="iteration", ylabel="mean reward (survivors)", title="reward")
         loss_axes.plot(steps, [r["loss"] for r in self.history], color="tab:red")
         loss_axes.set(xlabel="iteration", ylabel="loss", title="GRPO loss")
         figure.tight_layout()

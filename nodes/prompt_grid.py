@@ -1,0 +1,119 @@
+"""ProGRPOPromptGrid: sample every prompt of a list with the stock sampler and show one grid per prompt.
+
+The before/after view of a training run: run it on the base MODEL and on the trained one with the
+same seed, and each prompt's samples start from identical noise, so what differs is the LoRA.
+Sampling goes through ``comfy.sample.sample``, the code path of the stock KSampler.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from progrpo.errors import ProGRPOConfigError
+from progrpo.images import pil_to_tensor, titled_grid
+
+from .expanded_sampler import RewardType
+
+
+def prompt_lines(text: str, input_name: str = "prompts") -> list[str]:
+    """Non-empty, stripped lines of a multiline prompt widget; raises naming the input when there are none."""
+    prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not prompts:
+        raise ProGRPOConfigError(f"{input_name}: no prompts; write one prompt per line.")
+    return prompts
+
+
+def _encode(clip: Any, text: str) -> list:
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+class ProGRPOPromptGrid(io.ComfyNode):
+    """Samples each prompt ``samples_per_prompt`` times (KSampler's code path) -> one captioned grid per prompt."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProGRPOPromptGrid",
+            display_name="Pro-GRPO Prompt Grid",
+            category="Pro-GRPO/evaluation",
+            description=(
+                "Samples every prompt (one per line) with the stock sampler and returns one grid image per "
+                "prompt, captioned with the reward of each sample when a reward is connected. Run it on the "
+                "base and on the trained MODEL with the same seed to compare them on identical noise."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL to sample (e.g. before or after training)."),
+                io.Clip.Input("clip", tooltip="Encodes the prompts."),
+                io.Vae.Input("vae", tooltip="Decodes the samples."),
+                io.String.Input("prompts", default="", multiline=True,
+                                tooltip="One prompt per line; each gets its own grid."),
+                io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
+                io.Int.Input("width", default=512, min=8, max=4096, step=8,
+                             tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
+                io.Int.Input("height", default=512, min=8, max=4096, step=8,
+                             tooltip="Image height in pixels (a multiple of the VAE's downscale factor)."),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (1: no negative branch)."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               tooltip="ComfyUI sampler, as in KSampler."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                               tooltip="ComfyUI scheduler, as in KSampler."),
+                io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
+                             tooltip="Noise seed; every prompt starts from this seed's noise."),
+                io.String.Input("negative_prompt", default="", tooltip="Negative prompt for CFG."),
+                RewardType.Input("reward", optional=True,
+                                 tooltip="Scores each sample; its value captions the tile and goes into scores."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="grids", tooltip="One grid per prompt (a batch of P images)."),
+                io.String.Output(display_name="scores",
+                                 tooltip="JSON: prompts, per-sample rewards and their mean per prompt."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: Any, clip: Any, vae: Any, prompts: str, samples_per_prompt: int, width: int,
+                height: int, steps: int, cfg: float, sampler_name: str, scheduler: str, seed: int,
+                negative_prompt: str, reward: Any | None = None) -> io.NodeOutput:
+        texts = prompt_lines(prompts)
+        factor = int(vae.spacial_compression_decode())
+        for name, size in (("width", width), ("height", height)):
+            if size % factor:
+                raise ProGRPOConfigError(
+                    f"{name}: {size} is not a multiple of the VAE's downscale factor {factor}; use "
+                    f"{max(factor, size // factor * factor)}."
+                )
+        channels = int(model.get_model_object("latent_format").latent_channels)
+        latent = torch.zeros(samples_per_prompt, channels, height // factor, width // factor)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        negative = _encode(clip, negative_prompt)
+        bar = comfy.utils.ProgressBar(len(texts))
+        grids, scores = [], []
+        for index, text in enumerate(texts):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, _encode(clip, text),
+                                          negative, latent, seed=seed, disable_pbar=True)
+            images = vae.decode(samples).movedim(-1, 1)[:, :3].float()  # [B, 3, H, W]
+            rewards = None if reward is None else reward.score(images, [text] * len(images)).float().cpu()
+            captions = None if rewards is None else [f"{float(value):.2f}" for value in rewards]
+            title = text if rewards is None else f"{text}  (mean {float(rewards.mean()):.3f})"
+            grids.append(pil_to_tensor(titled_grid(images.cpu(), title, captions, columns=min(8, len(images)))))
+            scores.append(None if rewards is None else rewards.tolist())
+            bar.update_absolute(index + 1, len(texts))
+        summary = {
+            "prompts": texts,
+            "rewards": scores,
+            "mean": [None if values is None else sum(values) / len(values) for values in scores],
+            "seed": int(seed),
+        }
+        text = json.dumps(summary)
+        return io.NodeOutput(torch.stack(grids).movedim(1, -1), text, ui={"text": [text]})
