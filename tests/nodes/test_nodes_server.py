@@ -125,55 +125,6 @@ def test_ovf_k_below_two_is_rejected_naming_k(server):
     assert len(entry["outputs"]["5"]["images"]) == 2
 
 
-UI_WORKFLOW = REPO / "workflows" / "inspect_expanded_sampling.json"
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def _widget_names(info: dict) -> list[str]:
-    """The node's widget inputs in the front end's order; a seed's control_after_generate adds one value."""
-    names = []
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            kind = spec[0]
-            if isinstance(kind, list) or kind in WIDGET_TYPES:
-                names.append(name)
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
-                    names.append("<control_after_generate>")
-    return names
-
-
-def test_ui_and_api_workflows_describe_the_same_graph(comfy_server):
-    ui, api = json.loads(UI_WORKFLOW.read_text()), _workflow()
-    assert ui["version"] == 0.4
-    nodes = {str(node["id"]): node for node in ui["nodes"] if node["type"] != "Note"}
-    assert any(node["type"] == "Note" for node in ui["nodes"])
-    assert {k: n["type"] for k, n in nodes.items()} == {k: n["class_type"] for k, n in api.items()}
-    assert ui["last_node_id"] >= max(node["id"] for node in ui["nodes"])
-    assert ui["last_link_id"] >= max(link[0] for link in ui["links"])
-
-    # links: [id, from_node, from_slot, to_node, to_slot, type] <-> API ["from", slot] on the named input
-    ui_links = set()
-    for link_id, source, source_slot, target, target_slot, kind in ui["links"]:
-        target_input = nodes[str(target)]["inputs"][target_slot]
-        assert target_input["link"] == link_id and target_input["type"] == kind
-        assert link_id in nodes[str(source)]["outputs"][source_slot]["links"]
-        ui_links.add((str(target), target_input["name"], str(source), source_slot))
-    api_links = {
-        (node_id, name, value[0], value[1])
-        for node_id, node in api.items() for name, value in node["inputs"].items() if isinstance(value, list)
-    }
-    assert ui_links == api_links
-
-    # widget values: in the front end's order (from /object_info), equal to the API's literal inputs
-    info = comfy_server.get("/object_info")
-    for node_id, node in nodes.items():
-        names = _widget_names(info[node["type"]])
-        assert len(names) == len(node["widgets_values"]), (node["type"], names)
-        literal = {k: v for k, v in api[node_id]["inputs"].items() if not isinstance(v, list)}
-        from_ui = {n: v for n, v in zip(names, node["widgets_values"], strict=True) if n != "<control_after_generate>"}
-        assert from_ui == literal, node["type"]
-
-
 def test_policy_sampler_runs_in_stock_sampler_custom_advanced(server):
     prompt = {key: value for key, value in _workflow().items() if key in {"1", "2", "3", "4", "5", "6"}}
     prompt.update({
