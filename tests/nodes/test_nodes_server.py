@@ -20,6 +20,8 @@ NEW_NODES = {
     "ProGRPORewardScore": "Pro-GRPO/rewards",
     "ProGRPOPruningFunnel": "Pro-GRPO/plots",
     "ProGRPOClusteringHistogram": "Pro-GRPO/plots",
+    "ProGRPOEmbeddedModelLoader": "Pro-GRPO/loaders",
+    "ProGRPOPromptGrid": "Pro-GRPO/evaluation",
 }
 WORKFLOW = REPO / "workflows" / "inspect_expanded_sampling.api.json"
 
@@ -53,10 +55,12 @@ def _execution_error(entry: dict) -> dict:
 
 def test_every_node_is_listed_with_category_and_input_tooltips(comfy_server):
     info = comfy_server.get("/object_info")
-    for node, category in NEW_NODES.items():
-        assert node in info, f"{node} missing from /object_info"
+    ours = {name for name, entry in info.items() if entry.get("python_module", "").endswith("comfyui-progrpo")}
+    assert ours >= set(NEW_NODES) | {"ProGRPOTrainLoop", "ProGRPOTrainStep", "ProGRPOSaveLoRA", "ProGRPOPruneSchedule"}
+    for node in sorted(ours):
         entry = info[node]
-        assert entry["category"] == category
+        assert node.startswith("ProGRPO") and entry["category"].startswith("Pro-GRPO/"), node
+        assert entry["category"] == NEW_NODES.get(node, entry["category"])
         assert entry["display_name"].startswith("Pro-GRPO")
         inputs = {**entry["input"].get("required", {}), **entry["input"].get("optional", {})}
         for name, spec in inputs.items():
