@@ -40,8 +40,12 @@ from comfy.weight_adapter.lora import LoRAAdapter
 
 from progrpo.errors import ProGRPOConfigError
 
-#: module-path suffixes trained by default: the attention projections (SD1.x/SDXL/SD3/Flux names in ComfyUI).
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: module-path suffixes trained by default: the attention projections, as ComfyUI names them in
+#: UNets (SD1.x/SDXL: to_q/to_k/to_v/to_out.0), MMDiT (SD3: joint_blocks.N.{x,context}_block.attn.qkv
+#: / .proj) and Flux (double blocks img_attn / txt_attn .qkv / .proj). Exact suffixes: a UNet's
+#: feed-forward ``ff.net.0.proj`` does not match ``attn.proj``.
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "attn.qkv", "attn.proj", "img_attn.qkv", "img_attn.proj",
+                   "txt_attn.qkv", "txt_attn.proj")
 WEIGHTS_FILE = "lora.safetensors"
 SETTINGS_FILE = "lora_settings.json"
 
