@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import urllib.request
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def depth_of(api: dict) -> dict[str, int]:
     return depth
 
 
-def to_ui(api: dict, object_info: dict, note: str) -> dict:
+def to_ui(api: dict, object_info: dict, note: str, name: str) -> dict:
     ids = sorted(api, key=int)
     depth = depth_of(api)
     links, ui_nodes = [], []
@@ -101,7 +102,8 @@ def to_ui(api: dict, object_info: dict, note: str) -> dict:
         "properties": {}, "widgets_values": [note.strip()],
     })
     return {
-        "id": 1, "revision": 0, "last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes,
+        # The editor's schema wants a UUID string; derived from the name, so regenerating changes nothing.
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-progrpo/workflows/{name}")), "revision": 0, "last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes,
         "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}},
         "version": 0.4,
     }
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         note_path = path.parent / "notes" / f"{name}.md"
         if not note_path.is_file():
             parser.error(f"{note_path} is missing; write the workflow's Note text there")
-        ui = to_ui(json.loads(path.read_text()), object_info, note_path.read_text(encoding="utf-8"))
+        ui = to_ui(json.loads(path.read_text()), object_info, note_path.read_text(encoding="utf-8"), name)
         target = path.with_name(f"{name}.json")
         target.write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
         sys.stdout.write(f"wrote {target}\n")

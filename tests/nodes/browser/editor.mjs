@@ -1,0 +1,135 @@
+// Drives ComfyUI's graph editor (the real front end, served by a real server) in headless Chromium.
+//
+//   node editor.mjs JOB.json   ->   prints one JSON result on stdout
+//
+// JOB: {url, out, chromium, workflows: [{name, ui, queue, short, timeout_ms}]}, where `ui` is a
+// UI-format workflow, `short` maps node type -> {widget: value} applied in the editor before
+// queueing, and `out` receives a screenshot per workflow. For every workflow the result holds what
+// the page saw: node types it could not resolve, widgets whose value the editor rejects, the API
+// prompt it converts the graph into (app.graphToPrompt), and, when queued, how the run ended and
+// which images the page shows. The node definitions of the Pro-GRPO pack come from the page too.
+import { readFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const job = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+mkdirSync(job.out, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: job.chromium || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+const result = { workflows: {}, console_errors: [], node_defs: null };
+
+async function openEditor() {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  page.on('console', (message) => {
+    if (message.type() === 'error') result.console_errors.push(message.text());
+  });
+  await page.goto(job.url, { waitUntil: 'networkidle', timeout: 120000 });
+  await page.waitForFunction(() => window.app && window.app.graph && window.app.api && window.LiteGraph,
+    null, { timeout: 120000 });
+  return page;
+}
+
+// What the editor thinks of the loaded graph: unknown node types and widgets it would draw red.
+function inspectGraph() {
+  const registered = window.LiteGraph.registered_node_types;
+  const missing = [];
+  const invalid = [];
+  for (const node of window.app.graph.nodes) {
+    if (node.type !== 'Note' && !(node.type in registered)) missing.push(node.type);
+    for (const widget of node.widgets || []) {
+      const options = widget.options || {};
+      if (widget.type === 'combo') {
+        const values = typeof options.values === 'function' ? options.values() : options.values;
+        if (Array.isArray(values) && !values.includes(widget.value)) {
+          invalid.push(`${node.type}.${widget.name}=${JSON.stringify(widget.value)}`);
+        }
+      } else if (widget.type === 'number') {
+        if (typeof widget.value !== 'number' || Number.isNaN(widget.value)
+            || (options.min !== undefined && widget.value < options.min)
+            || (options.max !== undefined && widget.value > options.max)) {
+          invalid.push(`${node.type}.${widget.name}=${JSON.stringify(widget.value)}`);
+        }
+      }
+    }
+  }
+  return { missing, invalid, node_count: window.app.graph.nodes.length };
+}
+
+async function queueAndWait(page, short, timeoutMs) {
+  return page.evaluate(async ({ short, timeoutMs }) => {
+    for (const node of window.app.graph.nodes) {
+      for (const [name, value] of Object.entries(short[node.type] || {})) {
+        const widget = (node.widgets || []).find((w) => w.name === name);
+        if (!widget) throw new Error(`${node.type} has no widget ${name}`);
+        widget.value = value;
+      }
+    }
+    const api = window.app.api;
+    const finished = new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ status: 'timeout' }), timeoutMs);
+      const done = (status) => (event) => { clearTimeout(timer); resolve({ status, detail: event.detail }); };
+      api.addEventListener('execution_success', done('success'));
+      api.addEventListener('execution_error', done('error'));
+      api.addEventListener('execution_interrupted', done('interrupted'));
+    });
+    await window.app.queuePrompt(0, 1);
+    const outcome = await finished;
+    // Let the front end render the outputs it received (executed messages come before success).
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const shown = {};
+    for (const node of window.app.graph.nodes) {
+      const outputs = window.app.nodeOutputs?.[String(node.id)];
+      const images = outputs?.images?.length || 0;
+      const loaded = (node.imgs || []).filter((img) => img.complete && img.naturalWidth > 0).length;
+      if (images || loaded) shown[node.id] = { type: node.type, images, loaded };
+    }
+    return { ...outcome, shown };
+  }, { short, timeoutMs });
+}
+
+async function fitAndShoot(page, path) {
+  // The editor's own "fit view" command (what the keyboard shortcut "." runs).
+  await page.evaluate(async () => {
+    await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
+  });
+  await page.waitForTimeout(700);
+  await page.screenshot({ path });
+}
+
+try {
+  const page = await openEditor();
+  // The pack's node definitions as the editor has them (not a list written in the test).
+  result.node_defs = await page.evaluate(async () => {
+    const defs = await window.app.api.getNodeDefs();
+    const ours = Object.values(defs).filter((def) => String(def.python_module || '').endsWith('comfyui-progrpo'));
+    return ours.map((def) => {
+      const node = window.LiteGraph.createNode(def.name);
+      const widgets = Object.fromEntries((node?.widgets || []).map((w) => [w.name, w.value]));
+      return { name: def.name, display_name: def.display_name, category: def.category, input: def.input,
+               output_tooltips: def.output_tooltips, widgets, description: def.description };
+    });
+  });
+  for (const workflow of job.workflows) {
+    const entry = {};
+    await page.evaluate(async (graph) => { await window.app.loadGraphData(graph); }, workflow.ui);
+    await page.waitForTimeout(500);
+    Object.assign(entry, await page.evaluate(inspectGraph));
+    entry.dialogs = await page.evaluate(() => Array.from(document.querySelectorAll('.p-dialog'))
+      .map((dialog) => (dialog.textContent || '').slice(0, 200)));
+    entry.prompt = (await page.evaluate(async () => (await window.app.graphToPrompt()).output));
+    if (workflow.queue) {
+      entry.run = await queueAndWait(page, workflow.short || {}, workflow.timeout_ms || 300000);
+    }
+    entry.screenshot = join(job.out, `${workflow.name}.png`);
+    await fitAndShoot(page, entry.screenshot);
+    result.workflows[workflow.name] = entry;
+  }
+} catch (error) {
+  result.error = String(error && error.stack || error);
+} finally {
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(result));
