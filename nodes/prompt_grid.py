@@ -21,6 +21,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, titled_grid
 
 from .expanded_sampler import RewardType
+from .sampling_inputs import check_image_size, image_size_inputs
 
 
 def prompt_lines(text: str, input_name: str = "prompts") -> list[str]:
@@ -56,10 +57,7 @@ class ProGRPOPromptGrid(io.ComfyNode):
                 io.String.Input("prompts", default="", multiline=True,
                                 tooltip="One prompt per line; each gets its own grid."),
                 io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
-                io.Int.Input("width", default=512, min=8, max=4096, step=8,
-                             tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
-                io.Int.Input("height", default=512, min=8, max=4096, step=8,
-                             tooltip="Image height in pixels (a multiple of the VAE's downscale factor)."),
+                *image_size_inputs(),
                 io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
                 io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (1: no negative branch)."),
@@ -85,13 +83,7 @@ class ProGRPOPromptGrid(io.ComfyNode):
                 height: int, steps: int, cfg: float, sampler_name: str, scheduler: str, seed: int,
                 negative_prompt: str, reward: Any | None = None) -> io.NodeOutput:
         texts = prompt_lines(prompts)
-        factor = int(vae.spacial_compression_decode())
-        for name, size in (("width", width), ("height", height)):
-            if size % factor:
-                raise ProGRPOConfigError(
-                    f"{name}: {size} is not a multiple of the VAE's downscale factor {factor}; use "
-                    f"{max(factor, size // factor * factor)}."
-                )
+        factor = check_image_size(vae, width, height)
         channels = int(model.get_model_object("latent_format").latent_channels)
         latent = torch.zeros(samples_per_prompt, channels, height // factor, width // factor)
         noise = comfy.sample.prepare_noise(latent, seed)

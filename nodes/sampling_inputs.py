@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
 from progrpo.dynamics import DYNAMICS
+from progrpo.errors import ProGRPOConfigError
 
 DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
 
@@ -32,3 +35,25 @@ def check_noise_level(noise_level: float | None) -> bool | str:
     if noise_level is not None and noise_level < 0 and noise_level != -1:
         return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
     return True
+
+
+def image_size_inputs() -> list:
+    """width and height in pixels (checked against the VAE by :func:`check_image_size`)."""
+    return [
+        io.Int.Input("width", default=512, min=8, max=4096, step=8,
+                     tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
+        io.Int.Input("height", default=512, min=8, max=4096, step=8,
+                     tooltip="Image height in pixels (a multiple of the VAE's downscale factor)."),
+    ]
+
+
+def check_image_size(vae: Any, width: int, height: int) -> int:
+    """The VAE's downscale factor; raises naming width/height when a size is not a multiple of it."""
+    factor = int(vae.spacial_compression_decode())
+    for name, size in (("width", width), ("height", height)):
+        if size % factor:
+            raise ProGRPOConfigError(
+                f"{name}: {size} is not a multiple of the VAE's downscale factor {factor}; use "
+                f"{max(factor, size // factor * factor)}."
+            )
+    return factor

@@ -41,7 +41,7 @@ from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
 from .expanded_sampler import RewardType, RolloutType
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
-from .sampling_inputs import check_noise_level, sampling_inputs
+from .sampling_inputs import check_image_size, check_noise_level, image_size_inputs, sampling_inputs
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,149}$")
@@ -144,10 +144,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="Decodes survivors and previews for the reward (the model's VAE)."),
                 RewardType.Input("reward", tooltip="What to maximise: a Pro-GRPO Reward Loader / Combine."),
                 *sampling_inputs(training=True),
-                io.Int.Input("width", default=512, min=8, max=4096, step=8,
-                             tooltip="Image width in pixels (a multiple of the VAE's downscale factor)."),
-                io.Int.Input("height", default=512, min=8, max=4096, step=8,
-                             tooltip="Image height in pixels (a multiple of the VAE's downscale factor)."),
+                *image_size_inputs(),
                 io.Int.Input("iterations", default=100, min=1, max=1000000,
                              tooltip="Rollout + update rounds (one optimiser step each), in all, resumed ones "
                              "included."),
@@ -260,13 +257,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
             get_dynamics(dynamics, denoiser.kind)
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"dynamics: {error}") from None
-        factor = int(vae.spacial_compression_decode())
-        for name, size in (("width", width), ("height", height)):
-            if size % factor:
-                raise ProGRPOConfigError(
-                    f"{name}: {size} is not a multiple of the VAE's downscale factor {factor}; use "
-                    f"{max(factor, size // factor * factor)}."
-                )
+        check_image_size(vae, width, height)
         try:
             config = TrainConfig(
                 model="comfyui", prompts=prompts, prompts_per_iteration=prompts_per_iteration,
