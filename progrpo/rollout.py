@@ -188,6 +188,38 @@ class Rollout:
         return torch.nonzero(self.step_std > 0).flatten()
 
 
+@dataclass(frozen=True)
+class RowShard:
+    """The block of an iteration's global prompt batch that one process samples (multi-process training).
+
+    ``prompt_offset``: index of this block's first prompt in the global batch; ``total_prompts``:
+    prompts in the global batch. The noise of all ``total_prompts`` groups is drawn and the block's
+    rows kept, and selections run on inputs padded to all groups, so every trajectory's noise and
+    every random choice are the same as in one process sampling the whole batch.
+    """
+
+    prompt_offset: int
+    total_prompts: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prompt_offset < self.total_prompts:
+            raise ProGRPOConfigError(
+                f"RowShard(prompt_offset={self.prompt_offset}, total_prompts={self.total_prompts}): the offset "
+                "must lie in [0, total_prompts)."
+            )
+
+
+def _select_in_shard(strategy: str, per_group: torch.Tensor, keep: int, generator: torch.Generator,
+                     shard: RowShard) -> torch.Tensor:
+    """``select`` on this shard's groups [P, n] as if run on all ``shard.total_prompts`` groups -> [P, keep]."""
+    num_prompts = per_group.shape[0]
+    if shard.total_prompts == num_prompts:
+        return select(strategy, per_group, keep, generator)
+    padded = per_group.new_zeros((shard.total_prompts, per_group.shape[1]))
+    padded[shard.prompt_offset: shard.prompt_offset + num_prompts] = per_group
+    return select(strategy, padded, keep, generator)[shard.prompt_offset: shard.prompt_offset + num_prompts]
+
+
 def _score(reward: RewardFunction | Callable, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
     score = reward.score if hasattr(reward, "score") else reward
     values = torch.as_tensor(score(images, list(prompts))).detach().float().reshape(-1)
@@ -228,6 +260,7 @@ def expand_and_prune_rollout(
     reward: RewardFunction | Callable,
     config: RolloutConfig,
     progress: ProgressCallback | None = None,
+    shard: RowShard | None = None,
 ) -> Rollout:
     """Sample ``config.group_size`` trajectories for each of the P prompts, pruning at checkpoints.
 
@@ -238,6 +271,8 @@ def expand_and_prune_rollout(
         config: see :class:`RolloutConfig`.
         progress: called as ``progress(done_steps, num_steps)`` after every step; it may raise
             to cancel (ComfyUI's interrupt does).
+        shard: where these P prompts sit in a larger batch sampled by several processes (see
+            :class:`RowShard`); None: they are the whole batch.
 
     Returns:
         the :class:`Rollout` record of the survivors.
@@ -256,10 +291,17 @@ def expand_and_prune_rollout(
 
     noise_generator = torch.Generator().manual_seed(config.seed)
     selection_generator = torch.Generator().manual_seed(config.seed + 1)  # own stream: noise never depends on it
-    shape = (total, channels, height, width)
+    shard = RowShard(0, num_prompts) if shard is None else shard
+    if shard.prompt_offset + num_prompts > shard.total_prompts:
+        raise ProGRPOConfigError(
+            f"shard {shard} cannot hold {num_prompts} prompts; prompt_offset + prompts must be <= total_prompts."
+        )
+    # noise of every group of the global batch, this shard's rows kept (see RowShard)
+    noise_shape = (shard.total_prompts * group_size, channels, height, width)
+    own_rows = slice(shard.prompt_offset * group_size, shard.prompt_offset * group_size + total)
     prompt_of = torch.arange(num_prompts).repeat_interleave(group_size)
     live = torch.arange(total)
-    history = [torch.randn(shape, generator=noise_generator).to(device)]
+    history = [torch.randn(noise_shape, generator=noise_generator)[own_rows].to(device)]
     log_probs: list[torch.Tensor] = []
     step_std = torch.zeros(num_steps)
     preview_rewards = torch.full((len(checkpoints), total), float("nan"))
@@ -269,7 +311,7 @@ def expand_and_prune_rollout(
     live_conditioning = conditioning.take(prompt_of)
 
     for step in range(num_steps):
-        step_noise = torch.randn(shape, generator=noise_generator).to(device)[live]
+        step_noise = torch.randn(noise_shape, generator=noise_generator)[own_rows].to(device)[live]
         rows = live.shape[0]
         with ledger.count_flops("sampling"):
             output = predict_rows(
@@ -298,7 +340,7 @@ def expand_and_prune_rollout(
             ledger.reward_calls += rows
             preview_rewards[slot, live] = proxy
             per_group = proxy.reshape(num_prompts, rows // num_prompts)
-            positions = select(config.selection, per_group, keep, selection_generator)
+            positions = _select_in_shard(config.selection, per_group, keep, selection_generator, shard)
             kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
             std_before[slot] = per_group.std(dim=1, unbiased=False).mean()
             std_after[slot] = per_group.gather(1, positions).std(dim=1, unbiased=False).mean()
@@ -322,7 +364,7 @@ def expand_and_prune_rollout(
     ledger.reward_calls += live.shape[0]
     if config.final_keep is not None:  # static OVF: select on the true final rewards, after sampling
         per_group = final_rewards.reshape(num_prompts, -1)
-        positions = select(config.selection, per_group, config.final_keep, selection_generator)
+        positions = _select_in_shard(config.selection, per_group, config.final_keep, selection_generator, shard)
         kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
         dropped = torch.ones(live.shape[0], dtype=torch.bool)
         dropped[kept] = False

@@ -6,9 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..errors import ProGRPOConfigError
 from ..log import logger
-from ..atomic import atomic_write_text
 from .checkpoint import CHECKPOINTS_DIR, LATEST_FILE, read_checkpoint_config, resolve_checkpoint
 from .config import TrainConfig, load_config
 from .trainer import Trainer
@@ -26,9 +26,21 @@ def run_train_command(config_path: str, output_dir: str | None = None, iteration
     if overrides:
         config = dataclasses.replace(config, **overrides)
     trainer = Trainer(config)
+    try:
+        return _train_and_report(trainer, resume, evaluate_samples)
+    finally:
+        trainer.distributed.shutdown()
+
+
+def _train_and_report(trainer: Trainer, resume: str | None, evaluate_samples: int) -> int:
     # Same noise before and after (Trainer.evaluate's fixed seed), so the difference is the LoRA's.
+    # Under torchrun only rank 0 evaluates (and writes): the other ranks would repeat its work.
+    if not trainer.distributed.is_main:
+        evaluate_samples = 0
     before = trainer.evaluate(samples_per_prompt=evaluate_samples) if evaluate_samples else None
     result = trainer.run(resume_from=resume)
+    if not trainer.distributed.is_main:
+        return 0
     if before is not None:
         after = trainer.evaluate(samples_per_prompt=evaluate_samples)
         evaluation = {"samples_per_prompt": evaluate_samples, "reward_before": float(before.mean()),

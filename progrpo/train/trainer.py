@@ -40,9 +40,11 @@ from ..lora.adapter import LoraAdapter, PeftLoraAdapter
 from ..rewards import build_rewards
 from ..rollout import Rollout, RolloutConfig, expand_and_prune_rollout
 from .checkpoint import (
+    CHECKPOINTS_DIR,
     TrainingState,
     capture_rng_state,
     check_resume_compatible,
+    checkpoint_name,
     load_checkpoint,
     read_checkpoint_config,
     resolve_checkpoint,
@@ -50,6 +52,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import DTYPES, TrainConfig, save_config
+from .distributed import DistributedContext
 from .update import LoraEMA, grpo_update
 
 ProgressCallback = Callable[[int, int], None]
@@ -74,9 +77,9 @@ def _generator(seed: int, stream: str, iteration: int) -> torch.Generator:
 # --- models ----------------------------------------------------------------------------------
 
 
-def load_model(config: TrainConfig) -> Denoiser:
-    """The denoiser ``config.model`` names, in ``config.dtype`` on ``config.device``."""
-    return load_denoiser(config.model, torch_dtype=DTYPES[config.dtype], device=config.device)
+def load_model(config: TrainConfig, device: str | None = None) -> Denoiser:
+    """The denoiser ``config.model`` names, in ``config.dtype`` on ``device`` (default ``config.device``)."""
+    return load_denoiser(config.model, torch_dtype=DTYPES[config.dtype], device=device or config.device)
 
 
 def choose_prompts(prompts: list[str], count: int, generator: torch.Generator) -> list[str]:
@@ -125,7 +128,11 @@ class Trainer:
 
     Attributes: ``config`` (resolved: prompts read from ``prompts_file``), ``denoiser``, ``reward``,
     ``params`` (LoRA weights, float32), ``optimizer`` (AdamW), ``lr_scheduler`` (LambdaLR),
-    ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations), ``optimizer_steps``.
+    ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations), ``optimizer_steps``,
+    ``distributed`` (this process's rank; see :mod:`progrpo.train.distributed`).
+
+    Under ``torchrun`` / ``accelerate launch`` each process builds its own Trainer; the iteration's
+    prompts are split across them and only rank 0 writes files.
     """
 
     def __init__(
@@ -134,11 +141,16 @@ class Trainer:
         denoiser: Denoiser | None = None,
         reward: Any | None = None,
         adapter: LoraAdapter | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.config = config.resolved()
+        self.distributed = DistributedContext.from_environment(self.config.device) if distributed is None else distributed
+        self.distributed.check_divides(self.config.prompts_per_iteration)
         self.prompts: list[str] = list(self.config.prompts or [])
         self.output_dir = Path(self.config.output_dir)
-        self.denoiser = load_model(self.config) if denoiser is None else denoiser
+        if denoiser is None:
+            denoiser = load_model(self.config, self.distributed.device(self.config.device))
+        self.denoiser = denoiser
         network = getattr(self.denoiser, "network", None)
         if adapter is None and not isinstance(network, torch.nn.Module):
             raise ProGRPOConfigError(
@@ -197,22 +209,31 @@ class Trainer:
 
     def run_iteration(self) -> dict[str, Any]:
         """Run iteration ``self.iteration`` (rollout, update, EMA, lr step); returns its metric record."""
-        k, seed = self.iteration, self.config.seed
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        k, seed, distributed = self.iteration, self.config.seed, self.distributed
+        if distributed.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self._stepped = False
         with self._own_rng():
+            # every rank draws the same global prompts and samples its block of them
             prompts = choose_prompts(self.prompts, self.config.prompts_per_iteration, _generator(seed, "prompts", k))
-            conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
-            rollout = expand_and_prune_rollout(self.denoiser, conditioning, self.reward, self.rollout_config(k))
-            grpo = self.config.grpo
-            advantages = group_advantages(
-                rollout.final_rewards, rollout.prompt_index, std_mode=grpo.std_mode, clip=grpo.adv_clip
+            shard = distributed.row_shard(len(prompts))
+            conditioning = self.denoiser.encode_prompts(distributed.take_shard(prompts), self.config.negative_prompt)
+            rollout = expand_and_prune_rollout(
+                self.denoiser, conditioning, self.reward, self.rollout_config(k), shard=shard
             )
+            grpo = self.config.grpo
+            # advantages over the global batch (rank-major = single-process order), this rank's rows kept
+            rewards = distributed.all_gather(rollout.final_rewards)
+            groups = distributed.all_gather(rollout.prompt_index + shard.prompt_offset)
+            all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip)
+            first = distributed.rank * rollout.num_survivors
+            advantages = all_advantages[first: first + rollout.num_survivors]
             lr = float(self.lr_scheduler.get_last_lr()[0])
             update = grpo_update(
                 self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
                 _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip, adapter=self.adapter,
+                distributed=distributed,
             )
             self.lr_scheduler.step()
             if self.ema is not None:
@@ -220,10 +241,11 @@ class Trainer:
         self.optimizer_steps += 1
         self.iteration += 1
         self._stepped = False
-        record = self._record(k, rollout, advantages, update, lr, time.perf_counter() - started)
+        record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)
         self.history.append(record)
-        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record) + "\n")
+        if distributed.is_main:
+            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
+                stream.write(json.dumps(record) + "\n")
         logger.info(
             "iteration %d/%d: reward %.4f +- %.4f, loss %.4g, grad norm %.3g, %d survivors, %.1fs",
             self.iteration, self.config.iterations, record["reward_mean"], record["reward_std"],
@@ -231,18 +253,20 @@ class Trainer:
         )
         return record
 
-    def _record(self, k: int, rollout: Rollout, advantages: torch.Tensor, update: dict[str, float], lr: float,
-                seconds: float) -> dict[str, Any]:
-        rewards = rollout.final_rewards
-        group_std = _group_std(rewards, rollout.prompt_index)
+    def _record(self, k: int, rollout: Rollout, rewards: torch.Tensor, groups: torch.Tensor, advantages: torch.Tensor,
+                update: dict[str, float], lr: float, seconds: float) -> dict[str, Any]:
+        """One metrics line. ``rewards``/``groups``/``advantages`` [N] are the global batch's; the
+        preview, pruning and ledger fields are this process's shard (all of it on one process)."""
+        group_std = _group_std(rewards, groups)
         record: dict[str, Any] = {
             "iteration": k,
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             "reward_group_std": float(group_std.mean()),
             "zero_std_groups": float((group_std < 1e-6).float().mean()),
-            "survivors": rollout.num_survivors,
-            "prompts": rollout.num_prompts,
+            "survivors": int(rewards.shape[0]),
+            "prompts": int(torch.unique(groups).numel()),
+            "processes": self.distributed.world_size,
             "lr": lr,
             **update,
             "rows": int(update["rows"]),
@@ -287,9 +311,19 @@ class Trainer:
             rng=self.rng_state,
         )
 
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/iter_<iteration>`` (atomic) and point ``latest`` at it."""
-        return save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.config.to_dict())
+    def save_checkpoint(self, wait_for_ranks: bool = True) -> Path:
+        """Write ``checkpoints/iter_<iteration>`` (atomic; rank 0 only) and point ``latest`` at it.
+
+        Other ranks hold the same state (identical steps), so they only wait for rank 0 to finish
+        (``wait_for_ranks``) and return the same path.
+        """
+        if self.distributed.is_main:
+            folder = save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.config.to_dict())
+        else:
+            folder = self.output_dir / CHECKPOINTS_DIR / checkpoint_name(self.iteration)
+        if wait_for_ranks:
+            self.distributed.barrier()
+        return folder
 
     def resume(self, resume_from: str | Path) -> Path:
         """Restore a checkpoint (``"latest"`` or a folder); refuses one written with a different config."""
@@ -383,19 +417,23 @@ class Trainer:
         """Train up to ``config.iterations`` (see :func:`train`)."""
         from tqdm.auto import tqdm
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        main = self.distributed.is_main
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
             self.resume(resume_from)
-        elif (self.output_dir / "checkpoints").is_dir():
+        elif main and (self.output_dir / "checkpoints").is_dir():
             logger.warning(
                 "%s already holds checkpoints; this fresh run overwrites them as it goes "
                 "(pass resume_from='latest' to continue instead)", self.output_dir,
             )
-        save_config(self.config, self.output_dir / CONFIG_FILE)
         metrics_path = self.output_dir / METRICS_FILE
         # Keep only the records of iterations this state has completed (a crash may leave later ones).
         self.history = [r for r in _read_metrics(metrics_path) if r["iteration"] < self.iteration]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+        self.distributed.barrier()  # every rank has read the metrics before rank 0 rewrites them
+        if main:
+            save_config(self.config, self.output_dir / CONFIG_FILE)
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
         total, every = self.config.iterations, self.config.checkpoint_every
         checkpoint: Path | None = None
         saved_at = -1
@@ -422,8 +460,8 @@ class Trainer:
             bar.close()
         if saved_at != self.iteration:
             checkpoint = self.save_checkpoint()
-        lora_path = self.export_lora()
-        curve_path = self.plot_curve()
+        lora_path = self.export_lora() if main else None
+        curve_path = self.plot_curve() if main else None
         return TrainResult(self.output_dir, self.iteration, stopped, lora_path, checkpoint, curve_path, list(self.history))
 
     def _checkpoint_on_interrupt(self) -> None:
@@ -434,7 +472,7 @@ class Trainer:
                 "no checkpoint written (the latest one stays valid)", self.iteration + 1,
             )
             return
-        folder = self.save_checkpoint()
+        folder = self.save_checkpoint(wait_for_ranks=False)  # other ranks may be gone
         logger.info("interrupted: checkpoint of %d completed iterations written to %s", self.iteration, folder)
 
 

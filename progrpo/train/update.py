@@ -30,6 +30,7 @@ from ..lora import lora_disabled
 from ..rollout import Rollout
 from ..schedule import StepCoefficients
 from .config import GRPOConfig
+from .distributed import SINGLE_PROCESS, DistributedContext
 from .loss import approx_kl, clip_fraction, clipped_surrogate, log_ratio
 
 #: metric names returned by :func:`grpo_update`: means over the trained pairs, except ``rows`` (their
@@ -50,12 +51,16 @@ class TrainingPairs:
         return int(self.rows.shape[0])
 
 
-def select_training_pairs(rollout: Rollout, timestep_fraction: float, generator: torch.Generator) -> TrainingPairs:
+def select_training_pairs(rollout: Rollout, timestep_fraction: float, generator: torch.Generator,
+                          survivor_offset: int = 0, total_survivors: int | None = None) -> TrainingPairs:
     """Pairs of every survivor with ``max(1, int(K * timestep_fraction))`` of the K stochastic steps.
 
     With ``timestep_fraction == 1`` every stochastic step is trained and ``generator`` is untouched;
     otherwise each survivor gets its own random subset (DDPO's per-sample permutation of the
     timesteps), drawn from ``generator``. Pairs are survivor-major, steps ascending.
+
+    Multi-process: ``total_survivors`` (all ranks) and ``survivor_offset`` (this rank's first
+    survivor) make the draws those of the whole batch, this rank's rows kept.
     """
     steps = rollout.trainable_steps.cpu()
     if steps.numel() == 0:
@@ -68,9 +73,10 @@ def select_training_pairs(rollout: Rollout, timestep_fraction: float, generator:
     if count == steps.numel():
         chosen = steps.expand(survivors, -1)
     else:
+        drawn = survivors if total_survivors is None else total_survivors
         chosen = torch.stack(
-            [steps[torch.randperm(steps.numel(), generator=generator)[:count]].sort().values for _ in range(survivors)]
-        )
+            [steps[torch.randperm(steps.numel(), generator=generator)[:count]].sort().values for _ in range(drawn)]
+        )[survivor_offset: survivor_offset + survivors]
     rows = torch.arange(survivors).repeat_interleave(count)
     return TrainingPairs(rows=rows, steps=chosen.reshape(-1).clone())
 
@@ -234,6 +240,7 @@ def grpo_update(
     grad_clip: float | None = 1.0,
     ledger: ComputeLedger | None = None,
     adapter: Any | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """One optimiser step of GRPO on ``rollout``; returns the metrics in :data:`UPDATE_METRICS`.
 
@@ -246,13 +253,22 @@ def grpo_update(
         grad_clip: max global grad norm (None: measure only); ``grad_norm`` is the norm before clipping.
         ledger: receives ``backward_rows`` and training FLOPs (default ``rollout.ledger``).
         adapter: the LoRA adapter trained (KL reference and train mode); default peft on ``denoiser.network``.
+        distributed: this process's rank when the batch is split across processes; ``rollout`` and
+            ``advantages`` are then this rank's rows, gradients are all-reduced before clipping and
+            the metrics are those of the global batch.
     """
     params = list(trainable_params)
     if not params:
         raise ProGRPOConfigError("trainable_params is empty; pass the parameters returned by add_lora.")
-    pairs = select_training_pairs(rollout, grpo_config.timestep_fraction, generator)
+    survivors = distributed.all_gather(torch.tensor([rollout.num_survivors]))
+    offset = int(survivors[: distributed.rank].sum())
+    pairs = select_training_pairs(rollout, grpo_config.timestep_fraction, generator, survivor_offset=offset,
+                                  total_survivors=int(survivors.sum()))
     optimizer.zero_grad(set_to_none=True)
     metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter)
+    if distributed.enabled:
+        metrics = _global_means(metrics, distributed)
+        distributed.all_reduce_gradients(params, local_weight=len(pairs) / metrics["rows"])
     max_norm = float("inf") if grad_clip is None else float(grad_clip)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     finite = math.isfinite(grad_norm)
@@ -264,6 +280,15 @@ def grpo_update(
     metrics["grad_norm"] = grad_norm
     metrics["step_skipped"] = 0.0 if finite else 1.0
     return {name: metrics[name] for name in UPDATE_METRICS}
+
+
+def _global_means(metrics: dict[str, float], distributed: DistributedContext) -> dict[str, float]:
+    """Per-rank means over local pairs -> means over the global pairs (``rows`` becomes the global count)."""
+    names = [name for name in metrics if name != "rows"]
+    rows = metrics["rows"]
+    totals = distributed.sum_values([metrics[name] * rows for name in names] + [rows])
+    global_rows = totals[-1]
+    return {**{name: total / global_rows for name, total in zip(names, totals)}, "rows": global_rows}
 
 
 class LoraEMA:
