@@ -147,7 +147,8 @@ def load_embedded_model(name: str) -> Any:
     model_type, sampling_settings = _SAMPLING[scheduler_config["_class_name"]](scheduler_config)
     # Built outside inference mode so the parameters are ordinary tensors, frozen like ComfyUI's.
     with torch.inference_mode(False):
-        unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32,
+                                                    local_files_only=True, use_safetensors=True)
         unet.eval().requires_grad_(False)
         use_comfy_ops(unet)
         config = _EmbeddedModelConfig(model_type, sampling_settings, int(unet.config.in_channels))

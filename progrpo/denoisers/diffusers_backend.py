@@ -81,10 +81,11 @@ def load_diffusers_denoiser(
             "folder written by save_pretrained (with model_index.json and one subfolder per component)."
         )
     absent = _absent_components(json.loads(index_file.read_text()))
-    load_kwargs: dict[str, Any] = {"local_files_only": True, **absent}
+    load_kwargs: dict[str, Any] = dict(absent)
     if torch_dtype is not None:
         load_kwargs["torch_dtype"] = torch_dtype
-    pipe = DiffusionPipeline.from_pretrained(str(folder), **load_kwargs)
+    # safetensors only: a pipeline folder is a user file, and pickled .bin weights can run code.
+    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, **load_kwargs)
     if device is not None:
         pipe = pipe.to(device)
     denoiser = denoiser_from_pipeline(pipe, **options)

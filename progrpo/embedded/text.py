@@ -33,8 +33,10 @@ class DigitsTextEncoder(torch.nn.Module):
                     f"{str(folder)!r} has no {part}/ folder; pass a shipped generator folder "
                     "(progrpo.embedded.embedded_generator_path)."
                 )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        self.text_model = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+        self.text_model = CLIPTextModel.from_pretrained(
+            str(folder / "text_encoder"), local_files_only=True, use_safetensors=True
+        ).eval().requires_grad_(False)
 
     @property
     def max_length(self) -> int:

@@ -211,10 +211,20 @@ def read_lora_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The string metadata of a LoRA ``.safetensors`` file (``{}`` when it has none)."""
     from safetensors import safe_open
 
-    if not Path(path).is_file():
-        raise ProGRPOConfigError(f"LoRA file {str(path)!r} does not exist; check the path.")
+    _check_lora_file(path)
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+def _check_lora_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a missing or non-safetensors LoRA file (pickled .pt/.ckpt files can run code: never loaded)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise ProGRPOConfigError(
+            f"LoRA file {str(path)!r} is not a .safetensors file; only safetensors LoRAs are loaded (pickled "
+            ".pt/.ckpt files can run code). Convert it with safetensors.torch.save_file."
+        )
+    if not Path(path).is_file():
+        raise ProGRPOConfigError(f"LoRA file {str(path)!r} does not exist; check the path.")
 
 
 #: file key suffix -> role; both formats (ComfyUI accepts either on any model).
@@ -249,8 +259,7 @@ def apply_comfyui_lora(network: torch.nn.Module, path: str | os.PathLike[str], s
         raise ProGRPOConfigError(
             "apply_comfyui_lora needs a fresh base network without peft adapters; build a new one."
         )
-    if not Path(path).is_file():
-        raise ProGRPOConfigError(f"LoRA file {str(path)!r} does not exist; check the path.")
+    _check_lora_file(path)
     layers = {name: m for name, m in network.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
     stems = {rule.stem(name): name for rule in KEY_FORMATS.values() for name in layers}
     groups: dict[str, dict[str, torch.Tensor]] = {}

@@ -7,7 +7,7 @@ a LAION-style aesthetic MLP over CLIP image embeddings and HPS-style CLIP scores
 * ``hps``: ``cos``, as HPSv2 scores after its open_clip ViT-H-14 checkpoint is converted to the
   transformers ``CLIPModel`` format (the ``.pt`` itself is not loaded here).
 * ``aesthetic``: the LAION improved-aesthetic-predictor MLP (as DDPO uses it) on L2-normalised
-  CLIP image embeddings; the head is a ``.safetensors`` (or ``weights_only`` torch) state dict
+  CLIP image embeddings; the head is a ``.safetensors`` state dict (pickled ``.pth`` heads are refused)
   with keys ``layers.{0,2,4,6,7}.{weight,bias}``.
 
 Images are preprocessed with torch (antialiased resize of the short side, centre crop,
@@ -41,13 +41,13 @@ CLIP_FOLDER_EXPECTED = (
     "expected a transformers CLIPModel folder with config.json and model.safetensors "
     "(written by CLIPModel.save_pretrained)"
 )
-#: any one of these files holds the weights of a saved transformers model.
+#: any one of these files holds the weights of a saved transformers model. Only safetensors: a
+#: pickled pytorch_model.bin can run code when loaded, and reward folders come from users.
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
 )
+PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 #: the LAION aesthetic head's state-dict keys (Linear layers of its nn.Sequential).
 AESTHETIC_HEAD_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
 
@@ -203,6 +203,12 @@ def check_clip_folder(path: Any, reward_name: str) -> Path:
             f"reward '{reward_name}': '{config_file}' has model_type {model_type!r}, not 'clip'; {CLIP_FOLDER_EXPECTED}."
         )
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        if any((folder / name).is_file() for name in PICKLED_WEIGHT_FILES):
+            raise ProGRPOConfigError(
+                f"reward '{reward_name}': folder '{folder}' holds only pickled weights (pytorch_model.bin), which "
+                "are not loaded (they can run code); convert them once with CLIPModel.from_pretrained(folder)"
+                ".save_pretrained(folder, safe_serialization=True)."
+            )
         raise ProGRPOConfigError(
             f"reward '{reward_name}': folder '{folder}' has no weights (one of {', '.join(WEIGHT_FILES)}); "
             f"{CLIP_FOLDER_EXPECTED}."
@@ -300,7 +306,7 @@ def _load_clip_model(folder: Path, reward_name: str, device: str) -> Any:
         from transformers import CLIPModel
 
         try:
-            model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+            model = CLIPModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError, RuntimeError) as error:
             raise ProGRPOConfigError(
                 f"reward '{reward_name}': could not load '{folder}' ({error}); {CLIP_FOLDER_EXPECTED}."
@@ -405,14 +411,11 @@ def _read_state_dict(file: Path, reward_name: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(file), device="cpu")
-    if file.suffix in {".pt", ".pth", ".bin"}:
-        # The original LAION head ships as a .pth state dict; weights_only refuses pickled code.
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-        if isinstance(state, dict):
-            return state
+    # Heads are user files: pickled .pt/.pth are refused, even with weights_only (a loader bug away from code).
     raise ProGRPOConfigError(
-        f"reward '{reward_name}': head '{file}' is not a .safetensors (or .pt/.pth state dict) file; "
-        f"expected a state dict with keys {', '.join(AESTHETIC_HEAD_KEYS)}."
+        f"reward '{reward_name}': head '{file}' is not a .safetensors file; only safetensors heads are loaded. "
+        "Convert the LAION .pth once: safetensors.torch.save_file(torch.load(path, weights_only=True), "
+        f"'head.safetensors'); expected keys {', '.join(AESTHETIC_HEAD_KEYS)}."
     )
 
 
