@@ -289,5 +289,12 @@ class ProGRPOEmbeddedModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str | None = None) -> bool | str:
+        # ComfyUI 0.3.75 does not check V3 combo values at queue time; a name becomes a package folder.
+        if model_name is not None and model_name not in EMBEDDED_GENERATORS:
+            return f"model_name: {model_name!r} is not a shipped model; use one of {', '.join(EMBEDDED_GENERATORS)}."
+        return True
+
+    @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
         return io.NodeOutput(load_embedded_model(model_name), load_embedded_clip(model_name), grey_pixel_vae())

@@ -18,6 +18,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.rewards import REWARDS, WeightedSum, build_reward
 
 from .expanded_sampler import RewardType
+from .paths import resolve_inside
 
 FOLDER = "rewards"
 #: rewards that need a CLIPModel folder from the rewards models folder.
@@ -25,7 +26,8 @@ MODEL_REWARDS = ("aesthetic", "clip_score", "hps", "pickscore")
 #: every reward a user can pick (digit_alignment uses the embedded classifier when no model is given).
 REWARD_NAMES = sorted(REWARDS)
 NONE = "(none)"
-HEAD_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
+#: head files are loaded only as safetensors (a pickled .pt/.pth could run code when unpickled).
+HEAD_EXTENSIONS = {".safetensors"}
 
 #: socket type of a list of scores (float32 tensor [B]).
 ScoresType = io.Custom("PROGRPO_SCORES")
@@ -55,16 +57,26 @@ def reward_entries() -> list[str]:
 
 
 def resolve_entry(name: str, input_name: str) -> str:
-    """Absolute path of rewards-folder entry ``name``; errors name the input, the path and the folder."""
-    for root in _roots():
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            return path
-    expected = " or ".join(_roots())
-    raise ProGRPOConfigError(
-        f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the CLIPModel folder "
-        "(config.json + model.safetensors) or the aesthetic head file there and refresh the page."
-    )
+    """Absolute path of rewards-folder entry ``name`` (never outside the folder); errors name the input."""
+    path = resolve_inside(_roots(), name, input_name, must_exist=False)
+    if not path.exists():
+        expected = " or ".join(_roots())
+        raise ProGRPOConfigError(
+            f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the CLIPModel folder "
+            "(config.json + model.safetensors) or the aesthetic head file there and refresh the page."
+        )
+    if input_name == "aesthetic_head" and (path.is_dir() or path.suffix.lower() not in HEAD_EXTENSIONS):
+        raise ProGRPOConfigError(
+            f"{input_name}: '{name}' is not a .safetensors file; only safetensors heads are loaded (a pickled "
+            ".pt/.pth can run code). Convert it once: safetensors.torch.save_file(torch.load(f, weights_only=True), "
+            "'head.safetensors')."
+        )
+    if input_name == "model" and not path.is_dir():
+        raise ProGRPOConfigError(
+            f"{input_name}: '{name}' is a file; pick a CLIPModel folder (config.json + model.safetensors) from "
+            "the rewards folder."
+        )
+    return str(path)
 
 
 def _check_choice(reward: str | None, model: str | None, head: str | None) -> str | None:

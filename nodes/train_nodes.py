@@ -39,6 +39,7 @@ from progrpo.train.trainer import Trainer
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
 from .expanded_sampler import RewardType, RolloutType
+from .paths import resolve_inside
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
 from .sampling_inputs import check_image_size, check_noise_level, image_size_inputs, sampling_inputs
@@ -83,18 +84,14 @@ class _TrainDenoiser(ComfyDenoiser):
 
 def resolve_prompt_file(name: str) -> Path:
     """``name`` inside ComfyUI's input folder (never outside it); raises naming the input."""
-    root = Path(folder_paths.get_input_directory()).resolve()
+    root = Path(folder_paths.get_input_directory())
     if not name.strip():
         raise ProGRPOConfigError(
             "prompt_file: empty; write the prompts into the prompts box (one per line), or put a .txt file with "
             f"one prompt per line into ComfyUI's input folder ({root}) and enter its name, or connect positive "
             "CONDITIONING instead of clip."
         )
-    path = (root / name.strip()).resolve()
-    if not path.is_relative_to(root):
-        raise ProGRPOConfigError(
-            f"prompt_file: {name!r} points outside ComfyUI's input folder {root}; give a file name inside it."
-        )
+    path = resolve_inside(root, name, "prompt_file", must_exist=False)
     if not path.is_file():
         raise ProGRPOConfigError(
             f"prompt_file: {name!r} was not found in ComfyUI's input folder {root}; put the prompt file there "
@@ -115,12 +112,14 @@ def image_from_png(path: Path | None, fallback: tuple[int, int] = (64, 64)) -> t
 
 
 def run_directory(run_name: str) -> Path:
-    if not RUN_NAME.match(run_name or ""):
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
         raise ProGRPOConfigError(
             f"run_name: {run_name!r} must be 1-100 characters of letters, digits, '_', '-' or '.', starting "
             "with a letter or digit (it names the folder under ComfyUI's output/progrpo)."
         )
-    return Path(folder_paths.get_output_directory()) / "progrpo" / run_name
+    # the name is plain, but the run folder may be a symlink: checkpoints are read back from it on resume.
+    return resolve_inside(Path(folder_paths.get_output_directory()) / "progrpo", run_name, "run_name",
+                          must_exist=False)
 
 
 class ProGRPOTrainLoop(io.ComfyNode):
@@ -354,7 +353,7 @@ class ProGRPOSaveLoRA(io.ComfyNode):
             raise ProGRPOConfigError("lora: holds no tensors; connect the lora output of Pro-GRPO Train Loop.")
         folder = Path(folder_paths.get_folder_paths("loras")[0])
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{stem}.safetensors"
+        path = resolve_inside(folder, f"{stem}.safetensors", "name", must_exist=False)
         temp = folder / f".{stem}.safetensors.tmp-{os.getpid()}"
         try:
             save_file(tensors, str(temp), metadata=dict(getattr(lora, "metadata", None) or {"progrpo": "1"}))
