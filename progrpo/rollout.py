@@ -56,7 +56,7 @@ class RolloutConfig:
             (Flow-GRPO-Fast / MixGRPO). None: every step is stochastic.
         height, width: image size in pixels.
         seed: seeds the initial noise and every step's noise.
-        max_batch_rows: rows per network call (bounds memory); None = all live rows at once.
+        max_batch_rows: rows per network call and per VAE decode (bounds memory); None = all live rows at once.
         keep_images: keep the survivors' decoded final images in the record.
         measure_flops: count FLOPs per category in the ledger (slower).
     """
@@ -249,6 +249,15 @@ def predict_rows(
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
+def decode_rows(denoiser: Denoiser, latents: torch.Tensor, max_batch_rows: int | None) -> torch.Tensor:
+    """``denoiser.decode`` in chunks of ``max_batch_rows`` rows (the VAE's memory is bounded like the network's)."""
+    rows = latents.shape[0]
+    if max_batch_rows is None or rows <= max_batch_rows:
+        return denoiser.decode(latents)
+    chunks = [latents[start:start + max_batch_rows] for start in range(0, rows, max_batch_rows)]
+    return torch.cat([denoiser.decode(chunk) for chunk in chunks])
+
+
 def _conditioning_device(conditioning: Conditioning) -> torch.device:
     return next(iter(conditioning.positive.values())).device
 
@@ -333,7 +342,7 @@ def expand_and_prune_rollout(
         if slot is not None:
             keep = checkpoints[slot][1]
             with ledger.count_flops("decode"):
-                previews = denoiser.decode(result.x0_pred)
+                previews = decode_rows(denoiser, result.x0_pred, config.max_batch_rows)
             with ledger.count_flops("reward"):
                 proxy = _score(reward, previews, live_conditioning.prompts)
             ledger.preview_decodes += rows
@@ -357,7 +366,7 @@ def expand_and_prune_rollout(
             progress(step + 1, num_steps)
 
     with ledger.count_flops("decode"):
-        images = denoiser.decode(history[-1])
+        images = decode_rows(denoiser, history[-1], config.max_batch_rows)
     with ledger.count_flops("reward"):
         final_rewards = _score(reward, images, live_conditioning.prompts)
     ledger.final_decodes += live.shape[0]

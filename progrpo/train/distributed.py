@@ -126,10 +126,10 @@ class DistributedContext:
         self.check_divides(total_prompts)
         return RowShard(prompt_offset=self.rank * (total_prompts // self.world_size), total_prompts=total_prompts)
 
-    def take_shard(self, items: Sequence[str]) -> list[str]:
-        """This rank's block of the iteration's prompt list (all of it on one process)."""
-        shard = self.row_shard(len(items))
-        return list(items[shard.prompt_offset: shard.prompt_offset + len(items) // self.world_size])
+    def shard_rows(self, total_prompts: int) -> torch.Tensor:
+        """Indices [P / W] of this rank's prompts in the iteration's batch of ``total_prompts``."""
+        shard = self.row_shard(total_prompts)
+        return torch.arange(shard.prompt_offset, shard.prompt_offset + total_prompts // self.world_size)
 
     # --- collectives -----------------------------------------------------------------------------
 
@@ -171,10 +171,8 @@ class DistributedContext:
             return
         params = list(params)
         device = self._comm_device(params[0])
-        flat = torch.cat([
-            (p.grad.detach().float() if p.grad is not None else torch.zeros(p.shape, device=p.device)).reshape(-1).to(device)
-            for p in params
-        ]) * local_weight
+        grads = [p.grad.detach().float() if p.grad is not None else torch.zeros(p.shape) for p in params]
+        flat = torch.cat([grad.reshape(-1).to(device) for grad in grads]) * local_weight
         dist.all_reduce(flat)
         offset = 0
         for param in params:

@@ -218,7 +218,11 @@ class Trainer:
             # every rank draws the same global prompts and samples its block of them
             prompts = choose_prompts(self.prompts, self.config.prompts_per_iteration, _generator(seed, "prompts", k))
             shard = distributed.row_shard(len(prompts))
-            conditioning = self.denoiser.encode_prompts(distributed.take_shard(prompts), self.config.negative_prompt)
+            # all prompts encoded on every rank, then its rows kept: the text encoder's output must not
+            # depend on the world size (CPU kernels round differently for other batch sizes)
+            conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
+            if distributed.enabled:
+                conditioning = conditioning.take(distributed.shard_rows(len(prompts)))
             rollout = expand_and_prune_rollout(
                 self.denoiser, conditioning, self.reward, self.rollout_config(k), shard=shard
             )

@@ -51,13 +51,13 @@ def test_single_process_context_is_the_identity(monkeypatch):
     assert not context.enabled and context.is_main
     values = torch.arange(5.0)
     assert context.all_gather(values) is values
-    assert context.take_shard(["a", "b", "c"]) == ["a", "b", "c"]
+    assert context.shard_rows(3).tolist() == [0, 1, 2]
     assert context.row_shard(3) == RowShard(0, 3)
     assert context.sum_values([1.5, 2]) == [1.5, 2.0]
 
 
 def test_prompts_per_iteration_must_split_into_whole_groups():
     context = DistributedContext(rank=1, world_size=3)
-    assert context.take_shard(["a", "b", "c", "d", "e", "f"]) == ["c", "d"]
+    assert context.shard_rows(6).tolist() == [2, 3]
     with pytest.raises(ProGRPOConfigError, match="prompts_per_iteration=4 is not divisible by the 3 processes"):
         context.check_divides(4)
