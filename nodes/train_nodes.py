@@ -34,6 +34,7 @@ from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
 from progrpo.train.config import read_prompts
+from progrpo.train.distributed import SINGLE_PROCESS
 from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
@@ -275,7 +276,9 @@ class ProGRPOTrainLoop(io.ComfyNode):
             )
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
-        trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter)
+        # One process: a ComfyUI server trains on the model it has loaded and never joins a
+        # torch.distributed job, whatever WORLD_SIZE its environment holds (multi-GPU: the CLI).
+        trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter, distributed=SINGLE_PROCESS)
         latest = output_dir / "checkpoints" / "latest"
         resume_from = "latest" if resume and latest.is_file() else None
         bar = comfy.utils.ProgressBar(iterations)
