@@ -107,8 +107,8 @@ class DistributedContext:
         return self.rank == 0
 
     def device(self, device: str) -> str:
-        """The training device of this rank: ``cuda`` becomes ``cuda:<local_rank>`` when distributed."""
-        if self.enabled and device == "cuda":
+        """The training device of this rank: ``cuda`` (any index) becomes ``cuda:<local_rank>`` when distributed."""
+        if self.enabled and torch.device(device).type == "cuda":
             return f"cuda:{self.local_rank}"
         return device
 

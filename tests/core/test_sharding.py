@@ -61,3 +61,9 @@ def test_prompts_per_iteration_must_split_into_whole_groups():
     assert context.shard_rows(6).tolist() == [2, 3]
     with pytest.raises(ProGRPOConfigError, match="prompts_per_iteration=4 is not divisible by the 3 processes"):
         context.check_divides(4)
+
+
+def test_each_rank_trains_on_its_own_gpu():
+    assert DistributedContext(rank=1, world_size=2, local_rank=1).device("cuda:0") == "cuda:1"
+    assert DistributedContext(rank=1, world_size=2, local_rank=1).device("cpu") == "cpu"
+    assert DistributedContext().device("cuda:0") == "cuda:0"
