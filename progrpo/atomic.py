@@ -54,3 +54,28 @@ def replace_folder(temp: Path, folder: Path) -> None:
     os.replace(temp, folder)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a leftover of the writers above (``.x.<random>.tmp``, ``.x.tmp-<random>``, ``.x.old-<random>``)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
+def remove_stale_temps(*folders: Path) -> list[Path]:
+    """Delete the temp files/folders a killed writer left in ``folders`` (call only when no writer runs there).
+
+    Returns what was removed. A crash mid-write leaves the previous version in place and its temp
+    beside it; nothing reads temps, so they only waste disk.
+    """
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for entry in Path(folder).iterdir():
+            if is_temp_name(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed

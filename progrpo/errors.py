@@ -3,5 +3,35 @@
 from __future__ import annotations
 
 
-class ProGRPOConfigError(ValueError):
+class ProGRPOError(Exception):
+    """Base of the errors progrpo raises on purpose (the message names the input or file and the fix)."""
+
+
+class ProGRPOConfigError(ProGRPOError, ValueError):
     """A configuration or input value is invalid (the message names the input and the fix)."""
+
+
+class ProGRPOTrainingError(ProGRPOError, RuntimeError):
+    """A training run stopped on a fault; the message says what failed, where the last good
+    checkpoint is and what to do. The original exception, if any, is chained (``__cause__``)."""
+
+
+class ProGRPOCheckpointError(ProGRPOTrainingError):
+    """A checkpoint could not be written (full disk, read-only folder); the previous one is intact."""
+
+
+class ProGRPORewardError(ProGRPOTrainingError):
+    """A reward raised during training; ``reward_name`` is its key in ``TrainConfig.rewards``."""
+
+    def __init__(self, message: str, reward_name: str) -> None:
+        super().__init__(message)
+        self.reward_name = reward_name
+
+
+class ProGRPONonFiniteError(ProGRPOTrainingError):
+    """Too many consecutive iterations had NaN/inf values (``quantity``, last at ``iteration``)."""
+
+    def __init__(self, message: str, quantity: str, iteration: int) -> None:
+        super().__init__(message)
+        self.quantity = quantity
+        self.iteration = iteration

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text, fsync_path, replace_folder
-from ..errors import ProGRPOConfigError
+from ..errors import ProGRPOCheckpointError, ProGRPOConfigError
 from ..log import logger
 from ..lora import load_peft_adapter, save_peft_adapter
 
@@ -45,7 +45,8 @@ FORMAT_VERSION = 1
 #: config fields that may change between a checkpoint and the run resuming it (they do not
 #: change what the next iterations compute); every other field must be equal.
 RESUME_FREE_FIELDS = frozenset(
-    {"iterations", "output_dir", "checkpoint_every", "rollout.measure_flops", "rollout.keep_images"}
+    {"iterations", "output_dir", "checkpoint_every", "max_bad_iterations", "rollout.measure_flops",
+     "rollout.keep_images"}
 )
 
 
@@ -112,14 +113,41 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/iter_<state.iteration>/`` atomically and point ``latest`` at it.
 
+    A failed write (``OSError``: full disk, read-only folder) raises :class:`ProGRPOCheckpointError`
+    naming the folder; the temp folder is removed and ``latest`` still names the previous checkpoint.
+
     Args:
         network: the LoRA-injected network (its adapter is saved with ``save_peft_adapter``), or a
             :class:`progrpo.lora.adapter.LoraAdapter` (saved with its ``save``).
         config: ``TrainConfig.to_dict()`` of the resolved config.
     """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    try:
+        return _write_checkpoint(root, network, state, config)
+    except OSError as error:
+        raise ProGRPOCheckpointError(_write_failure(root, checkpoint_name(state.iteration), error)) from error
+
+
+def _write_failure(root: Path, name: str, error: OSError) -> str:
+    """Message for a checkpoint write that failed: where, why, what is still valid, what to do."""
+    latest = root / LATEST_FILE
+    try:
+        previous = latest.read_text(encoding="utf-8").strip() if latest.is_file() else None
+    except OSError:
+        previous = None
+    kept = (f"the previous checkpoint {previous!r} (named in {LATEST_FILE}) is intact" if previous
+            else "no earlier checkpoint exists")
+    return (
+        f"could not write checkpoint {name!r} in folder {str(root)!r}: {type(error).__name__}: {error}. Nothing "
+        f"half-written was left and {kept}. Free disk space there or make the folder writable (or set "
+        "output_dir to another disk), then resume with --resume latest (resume_from='latest')."
+    )
+
+
+def _write_checkpoint(root: Path, network: torch.nn.Module | Any, state: TrainingState,
+                      config: Mapping[str, Any]) -> Path:
     from .. import __version__
 
-    root = Path(output_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(state.iteration)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))

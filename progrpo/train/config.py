@@ -192,6 +192,9 @@ class TrainConfig:
         output_dir: where ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``lora.safetensors``
             and ``curve.png`` go.
         checkpoint_every: write a checkpoint every this many iterations (0: only at the end/on stop).
+        max_bad_iterations: an iteration with a NaN/inf reward, model output, advantage, loss or
+            gradient norm is skipped (no optimiser step; ``skipped`` in its metrics line); this
+            many skipped in a row stop the run with a checkpoint and an error naming the value.
         seed: seeds prompt choice, rollout noise, trained-step choice and the global torch RNG.
         negative_prompt: the shared negative prompt for CFG; null encodes none (guidance off).
         device: torch device of the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
@@ -210,6 +213,7 @@ class TrainConfig:
     rewards: dict[str, dict[str, Any]] = field(default_factory=_default_rewards)
     output_dir: str = "progrpo_output"
     checkpoint_every: int = 10
+    max_bad_iterations: int = 3
     seed: int = 0
     negative_prompt: str | None = ""
     device: str = "cpu"
@@ -241,6 +245,11 @@ class TrainConfig:
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ProGRPOConfigError(
                 f"checkpoint_every={self.checkpoint_every!r} must be an integer >= 0 (0: only at the end)."
+            )
+        if not _is_int(self.max_bad_iterations) or self.max_bad_iterations < 1:
+            raise ProGRPOConfigError(
+                f"max_bad_iterations={self.max_bad_iterations!r} must be an integer >= 1 (consecutive skipped "
+                "iterations before the run stops); use e.g. 3."
             )
         if not _is_int(self.seed) or self.seed < 0:
             raise ProGRPOConfigError(f"seed={self.seed!r} must be an integer >= 0.")

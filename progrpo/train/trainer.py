@@ -31,10 +31,11 @@ from typing import Any
 import torch
 
 from ..advantages import group_advantages
+from ..atomic import atomic_write_text, remove_stale_temps
 from ..denoisers.base import Denoiser
 from ..denoisers.loading import load_denoiser
 from ..diagnostics import clustering_fraction, preview_final_correlation
-from ..errors import ProGRPOConfigError
+from ..errors import ProGRPOConfigError, ProGRPORewardError
 from ..log import logger
 from ..lora.adapter import LoraAdapter, PeftLoraAdapter
 from ..rewards import build_rewards
@@ -53,6 +54,16 @@ from .checkpoint import (
 )
 from .config import DTYPES, TrainConfig, save_config
 from .distributed import DistributedContext
+from .faults import (
+    BadIterations,
+    GuardedReward,
+    NonFiniteIteration,
+    check_finite,
+    check_update,
+    raise_if_any_rank_bad,
+    reward_failure,
+    skipped_record,
+)
 from .update import LoraEMA, grpo_update
 
 ProgressCallback = Callable[[int, int], None]
@@ -115,7 +126,13 @@ class TrainResult:
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash mid-append; its iteration is re-run
+            logger.warning("ignoring an incomplete line of %s (the run was killed while writing it)", path)
+    return records
 
 
 def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -171,6 +188,7 @@ class Trainer:
         self.ema = LoraEMA(self.params, decay) if decay is not None else None
         self.iteration = 0
         self.optimizer_steps = 0
+        self.bad_iterations = BadIterations(self.config.max_bad_iterations)
         self.history: list[dict[str, Any]] = []
         seed = self.config.seed
         self.rng_state: dict[str, Any] = {
@@ -208,7 +226,12 @@ class Trainer:
         return dataclasses.replace(self.config.rollout, seed=derive_seed(self.config.seed, "rollout", iteration))
 
     def run_iteration(self) -> dict[str, Any]:
-        """Run iteration ``self.iteration`` (rollout, update, EMA, lr step); returns its metric record."""
+        """Run iteration ``self.iteration`` (rollout, update, EMA, lr step); returns its metric record.
+
+        Raises :class:`~progrpo.train.faults.NonFiniteIteration` when a reward, the model output,
+        the advantages or the gradient went NaN/inf (weights, optimiser, lr, EMA and RNG untouched);
+        :meth:`run` then records the skip (:meth:`skip_iteration`) and goes on.
+        """
         k, seed, distributed = self.iteration, self.config.seed, self.distributed
         if distributed.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -223,14 +246,17 @@ class Trainer:
             conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
             if distributed.enabled:
                 conditioning = conditioning.take(distributed.shard_rows(len(prompts)))
+            reward = GuardedReward(self.reward)  # names a failing reward; notes NaN/inf instead of raising
             rollout = expand_and_prune_rollout(
-                self.denoiser, conditioning, self.reward, self.rollout_config(k), shard=shard
+                self.denoiser, conditioning, reward, self.rollout_config(k), shard=shard
             )
+            raise_if_any_rank_bad(reward, rollout.log_probs, distributed)
             grpo = self.config.grpo
             # advantages over the global batch (rank-major = single-process order), this rank's rows kept
             rewards = distributed.all_gather(rollout.final_rewards)
             groups = distributed.all_gather(rollout.prompt_index + shard.prompt_offset)
             all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip)
+            check_finite("advantages", all_advantages, "advantages")
             first = distributed.rank * rollout.num_survivors
             advantages = all_advantages[first: first + rollout.num_survivors]
             lr = float(self.lr_scheduler.get_last_lr()[0])
@@ -239,6 +265,7 @@ class Trainer:
                 _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip, adapter=self.adapter,
                 distributed=distributed,
             )
+            check_update(update)  # a skipped step skips the whole iteration (no lr/EMA step either)
             self.lr_scheduler.step()
             if self.ema is not None:
                 self.ema.update()
@@ -246,6 +273,7 @@ class Trainer:
         self.iteration += 1
         self._stepped = False
         record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)
+        record.update(self.bad_iterations.passed())
         self.history.append(record)
         if distributed.is_main:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
@@ -255,6 +283,20 @@ class Trainer:
             self.iteration, self.config.iterations, record["reward_mean"], record["reward_std"],
             record["loss"], record["grad_norm"], record["survivors"], record["wall_time"],
         )
+        return record
+
+    def skip_iteration(self, fault: NonFiniteIteration, seconds: float = 0.0) -> dict[str, Any]:
+        """Count iteration ``self.iteration`` as skipped for ``fault``; returns (and writes) its metric record."""
+        k = self.iteration
+        record = skipped_record(k, self.bad_iterations.skipped(k, fault), float(self.lr_scheduler.get_last_lr()[0]),
+                                seconds)
+        self.iteration += 1
+        self.history.append(record)
+        if self.distributed.is_main:
+            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
+                stream.write(json.dumps(record) + "\n")
+        logger.warning("iteration %d/%d skipped (%s); %d in a row, stop at %d", self.iteration, self.config.iterations,
+                       fault, self.bad_iterations.consecutive, self.bad_iterations.limit)
         return record
 
     def _record(self, k: int, rollout: Rollout, rewards: torch.Tensor, groups: torch.Tensor, advantages: torch.Tensor,
@@ -313,6 +355,7 @@ class Trainer:
             lr_scheduler=self.lr_scheduler.state_dict(),
             ema=None if self.ema is None else self.ema.state_dict(),
             rng=self.rng_state,
+            extra=self.bad_iterations.state_dict(),
         )
 
     def save_checkpoint(self, wait_for_ranks: bool = True) -> Path:
@@ -340,6 +383,7 @@ class Trainer:
             self.ema.load_state_dict(state.ema)
         self.iteration, self.optimizer_steps = state.iteration, state.optimizer_steps
         self.rng_state = state.rng
+        self.bad_iterations.load_state_dict(state.extra)
         logger.info("resumed from %s at iteration %d", folder, self.iteration)
         return folder
 
@@ -381,7 +425,8 @@ class Trainer:
     def plot_curve(self, path: str | Path | None = None) -> Path | None:
         """Reward and loss per iteration as a PNG (None when matplotlib is missing or nothing ran)."""
         path = Path(path) if path is not None else self.output_dir / CURVE_FILE
-        if not self.history:
+        history = [r for r in self.history if not r.get("skipped")]  # skipped iterations have no reward/loss
+        if not history:
             return None
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -389,8 +434,8 @@ class Trainer:
         except ImportError:
             logger.warning("matplotlib is not installed; %s not written (pip install matplotlib)", path)
             return None
-        steps = [r["iteration"] + 1 for r in self.history]
-        mean = [r["reward_mean"] for r in self.history]
+        steps = [r["iteration"] + 1 for r in history]
+        mean = [r["reward_mean"] for r in history]
         # The survivors' spread is what OVF maximises, so a +-std band says nothing about progress;
         # a trailing mean over 10 iterations shows the trend through the per-iteration noise.
         window = min(10, len(mean))
@@ -403,7 +448,7 @@ class Trainer:
         reward_axes.plot(steps, trailing, color="tab:blue", linewidth=2, label=f"mean of last {window}")
         reward_axes.legend(loc="lower right", fontsize="small")
         reward_axes.set(xlabel="iteration", ylabel="mean reward (survivors)", title="reward")
-        loss_axes.plot(steps, [r["loss"] for r in self.history], color="tab:red")
+        loss_axes.plot(steps, [r["loss"] for r in history], color="tab:red")
         loss_axes.set(xlabel="iteration", ylabel="loss", title="GRPO loss")
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,9 +469,8 @@ class Trainer:
         main = self.distributed.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None:
-            self.resume(resume_from)
-        elif main and (self.output_dir / "checkpoints").is_dir():
+        resumed = self.resume(resume_from) if resume_from is not None else None
+        if resumed is None and main and (self.output_dir / "checkpoints").is_dir():
             logger.warning(
                 "%s already holds checkpoints; this fresh run overwrites them as it goes "
                 "(pass resume_from='latest' to continue instead)", self.output_dir,
@@ -436,11 +480,14 @@ class Trainer:
         self.history = [r for r in _read_metrics(metrics_path) if r["iteration"] < self.iteration]
         self.distributed.barrier()  # every rank has read the metrics before rank 0 rewrites them
         if main:
+            remove_stale_temps(self.output_dir, self.output_dir / CHECKPOINTS_DIR)  # left by a killed run
             save_config(self.config, self.output_dir / CONFIG_FILE)
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+            # atomic: a kill mid-rewrite must not lose the records of the checkpointed iterations
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
         total, every = self.config.iterations, self.config.checkpoint_every
-        checkpoint: Path | None = None
-        saved_at = -1
+        # A resumed state is its checkpoint: never rewrite the folder ``latest`` names.
+        checkpoint: Path | None = resumed
+        saved_at = self.iteration if resumed is not None else -1
         stopped = False
         bar = tqdm(total=total, initial=min(self.iteration, total), desc="Pro-GRPO", unit="it", disable=None)
         try:
@@ -449,17 +496,27 @@ class Trainer:
                     stopped = True
                     logger.info("stop requested after iteration %d", self.iteration)
                     break
-                record = self.run_iteration()
+                started = time.perf_counter()
+                try:
+                    record = self.run_iteration()
+                except NonFiniteIteration as fault:
+                    record = self.skip_iteration(fault, time.perf_counter() - started)
                 bar.update(1)
-                bar.set_postfix(reward=f"{record['reward_mean']:.4f}", loss=f"{record['loss']:.3g}")
+                if not record.get("skipped"):
+                    bar.set_postfix(reward=f"{record['reward_mean']:.4f}", loss=f"{record['loss']:.3g}")
                 if progress is not None:
                     progress(self.iteration, total)
                 if every and self.iteration % every == 0:
                     checkpoint, saved_at = self.save_checkpoint(), self.iteration
+                if self.bad_iterations.exhausted:
+                    folder = self._checkpoint_after_fault(saved_at)
+                    raise self.bad_iterations.stop_error(self.iteration - 1, folder)
         except KeyboardInterrupt:
             if saved_at != self.iteration:
                 self._checkpoint_on_interrupt()
             raise
+        except ProGRPORewardError as error:
+            raise reward_failure(error, self.iteration, self._checkpoint_after_fault(saved_at)) from error.__cause__
         finally:
             bar.close()
         if saved_at != self.iteration:
@@ -467,6 +524,17 @@ class Trainer:
         lora_path = self.export_lora() if main else None
         curve_path = self.plot_curve() if main else None
         return TrainResult(self.output_dir, self.iteration, stopped, lora_path, checkpoint, curve_path, list(self.history))
+
+    def _checkpoint_after_fault(self, saved_at: int) -> Path | None:
+        """The checkpoint of the last completed iteration when a fault stops the run (None: not written here).
+
+        Only rank 0 writes; other ranks and a state past an optimiser step get None.
+        """
+        if self._stepped or not self.distributed.is_main:
+            return None
+        if saved_at == self.iteration:
+            return self.output_dir / CHECKPOINTS_DIR / checkpoint_name(self.iteration)
+        return self.save_checkpoint(wait_for_ranks=False)  # a failing rank may be alone
 
     def _checkpoint_on_interrupt(self) -> None:
         """On Ctrl-C mid-iteration: checkpoint the last completed iteration if the weights are still its."""

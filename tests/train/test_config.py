@@ -117,6 +117,8 @@ def test_unknown_key_in_yaml_file(tmp_path: Path):
         ({"lora": {"rank": 0}}, ["lora", "rank"]),
         ({"iterations": 0}, ["iterations"]),
         ({"checkpoint_every": -1}, ["checkpoint_every"]),
+        ({"max_bad_iterations": 0}, ["max_bad_iterations", ">= 1"]),
+        ({"max_bad_iterations": 2.5}, ["max_bad_iterations", "integer"]),
         ({"model": "tiny:nope"}, ["model", "tiny:sd"]),
         ({"dtype": "float8"}, ["dtype", "float32"]),
         ({"rewards": {}}, ["rewards"]),
@@ -160,13 +162,13 @@ def test_prompts_files(tmp_path: Path):
 def test_config_differences_ignore_only_free_fields():
     base = _config()
     assert config_differences(base.to_dict(), base.to_dict()) == []
-    free = _config(iterations=99, output_dir="elsewhere", checkpoint_every=1)
+    free = _config(iterations=99, output_dir="elsewhere", checkpoint_every=1, max_bad_iterations=7)
     assert config_differences(base.to_dict(), free.to_dict()) == []
     changed = _config(optim=OptimConfig(lr=1e-3, betas=(0.8, 0.99), grad_clip=None, scheduler="inverse_sqrt",
                                         warmup_steps=3), seed=12)
     names = [name for name, _, _ in config_differences(base.to_dict(), changed.to_dict())]
     assert names == ["optim.lr", "seed"]
-    assert {"iterations", "output_dir", "checkpoint_every"} <= RESUME_FREE_FIELDS
+    assert {"iterations", "output_dir", "checkpoint_every", "max_bad_iterations"} <= RESUME_FREE_FIELDS
 
 
 def test_lr_schedules():
