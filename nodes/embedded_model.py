@@ -35,6 +35,7 @@ from comfy_api.latest import io
 
 from progrpo.embedded import EMBEDDED_GENERATORS, embedded_generator_path
 from progrpo.embedded.text import DigitsTextEncoder
+from progrpo.errors import ProGRPOConfigError
 
 #: diffusers scheduler config -> ComfyUI model type and sampling settings, per scheduler class.
 _SAMPLING = {
@@ -297,4 +298,7 @@ class ProGRPOEmbeddedModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
+        problem = cls.validate_inputs(model_name=model_name if model_name is not None else "")
+        if problem is not True:  # a null value skips the queue-time check (null also means "linked")
+            raise ProGRPOConfigError(problem)
         return io.NodeOutput(load_embedded_model(model_name), load_embedded_clip(model_name), grey_pixel_vae())

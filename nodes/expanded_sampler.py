@@ -24,6 +24,7 @@ from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 
 from .comfy_backend import ComfyDenoiser
+from .input_checks import check_choices, check_numbers
 from .prune_schedule import PruneScheduleType
 from .sampling_inputs import check_noise_level, sampling_inputs
 
@@ -113,8 +114,13 @@ class ProGRPOExpandedSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, noise_level: float | None = None) -> bool | str:
-        return check_noise_level(noise_level)
+    def validate_inputs(cls, noise_level: float | None = None, cfg: float | None = None, dynamics: str | None = None,
+                        scheduler: str | None = None, selection: str | None = None) -> bool | str:
+        for checked in (check_numbers(cls, cfg=cfg), check_noise_level(noise_level),
+                        check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection)):
+            if checked is not True:
+                return checked
+        return True
 
     @classmethod
     def execute(

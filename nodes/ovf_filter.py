@@ -10,10 +10,16 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.ovf import optimal_variance_subset
 
+from .input_checks import number_problem
 from .rewards import ScoresType
 
 
 def _check_k(k: int | None, group_size: int | None) -> str | None:
+    # declared in validate_inputs, so ComfyUI neither range-checks them nor stops a value it failed to convert
+    for name, value in (("k", k), ("group_size", group_size)):
+        problem = number_problem(name, value, 1, 4096)
+        if problem:
+            return problem
     if k is not None and k < 2:
         return f"k: k={k} keeps fewer than 2 per group, which has no reward variance; set k to at least 2."
     if k is not None and group_size is not None and k > group_size:

@@ -56,8 +56,13 @@ def resolve_inside(roots: str | os.PathLike[str] | Iterable[str | os.PathLike[st
                 "file itself inside the folder."
             )
         first = first or path
-        if path.exists():
-            return path
+        try:
+            if path.exists():
+                return path
+        except OSError as error:  # a name the file system refuses (too long, ...)
+            raise ProGRPOConfigError(
+                f"{input_name}: {_short(text)} is not a usable file name ({error.strerror}); give a shorter plain name."
+            ) from None
     if must_exist or first is None:
         raise ProGRPOConfigError(f"{input_name}: {_short(text)} was not found in {where}; put it there.")
     return first

@@ -17,6 +17,7 @@ from progrpo.diagnostics import clustering_fraction
 from progrpo.rollout import Rollout
 
 from .expanded_sampler import RolloutType
+from .input_checks import check_numbers
 
 
 def _figure_to_image(figure) -> torch.Tensor:
@@ -115,6 +116,10 @@ class ProGRPOClusteringHistogram(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="plot", tooltip="The plot as an image (connect Preview Image).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, delta: float | None = None) -> bool | str:
+        return check_numbers(cls, delta=delta)  # NaN passes ComfyUI's range check
 
     @classmethod
     def execute(cls, rollout: Rollout, delta: float) -> io.NodeOutput:

@@ -21,6 +21,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, titled_grid
 
 from .expanded_sampler import RewardType
+from .input_checks import check_choices, check_numbers
 from .sampling_inputs import check_image_size, image_size_inputs
 
 
@@ -30,6 +31,14 @@ def prompt_lines(text: str, input_name: str = "prompts") -> list[str]:
     if not prompts:
         raise ProGRPOConfigError(f"{input_name}: no prompts; write one prompt per line.")
     return prompts
+
+
+def _score(reward: Any, images: torch.Tensor, text: str) -> torch.Tensor:
+    """Rewards of one prompt's samples; a reward refusing the prompt text names the prompts input."""
+    try:
+        return reward.score(images, [text] * len(images)).float().cpu()
+    except ProGRPOConfigError as error:
+        raise ProGRPOConfigError(f"prompts: the reward cannot score the line {text!r:.80}: {error}") from None
 
 
 def _encode(clip: Any, text: str) -> list:
@@ -79,6 +88,12 @@ class ProGRPOPromptGrid(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg: float | None = None, sampler_name: str | None = None,
+                        scheduler: str | None = None) -> bool | str:
+        checked = check_numbers(cls, cfg=cfg)  # NaN passes ComfyUI's range check
+        return check_choices(cls, sampler_name=sampler_name, scheduler=scheduler) if checked is True else checked
+
+    @classmethod
     def execute(cls, model: Any, clip: Any, vae: Any, prompts: str, samples_per_prompt: int, width: int,
                 height: int, steps: int, cfg: float, sampler_name: str, scheduler: str, seed: int,
                 negative_prompt: str, reward: Any | None = None) -> io.NodeOutput:
@@ -95,7 +110,7 @@ class ProGRPOPromptGrid(io.ComfyNode):
             samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, _encode(clip, text),
                                           negative, latent, seed=seed, disable_pbar=True)
             images = vae.decode(samples).movedim(-1, 1)[:, :3].float()  # [B, 3, H, W]
-            rewards = None if reward is None else reward.score(images, [text] * len(images)).float().cpu()
+            rewards = None if reward is None else _score(reward, images, text)
             captions = None if rewards is None else [f"{float(value):.2f}" for value in rewards]
             title = text if rewards is None else f"{text}  (mean {float(rewards.mean()):.3f})"
             grids.append(pil_to_tensor(titled_grid(images.cpu(), title, captions, columns=min(8, len(images)))))

@@ -18,6 +18,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.rewards import REWARDS, WeightedSum, build_reward
 
 from .expanded_sampler import RewardType
+from .input_checks import check_numbers
 from .paths import resolve_inside
 
 FOLDER = "rewards"
@@ -81,7 +82,7 @@ def resolve_entry(name: str, input_name: str) -> str:
 
 def _check_choice(reward: str | None, model: str | None, head: str | None) -> str | None:
     """The error text for a reward/model/head choice, or None when it is fine (queue-time check)."""
-    if reward is not None and reward not in REWARDS:
+    if reward is not None and reward not in REWARD_NAMES:  # a list: any JSON value may be tested
         return f"reward: '{reward}' is unknown; use one of {', '.join(REWARD_NAMES)}."
     if reward in MODEL_REWARDS and model in (None, NONE, ""):
         return (f"model: reward '{reward}' needs a CLIPModel folder; put one in the rewards folder "
@@ -125,10 +126,10 @@ class ProGRPORewardLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, reward: str | None = None, model: str | None = None,
-                        aesthetic_head: str | None = None) -> bool | str:
+                        aesthetic_head: str | None = None, weight: float | None = None) -> bool | str:
         # Declaring model/aesthetic_head here makes ComfyUI skip its own "value not in list" check, so a
         # missing file gets our message naming the folder.
-        return _check_choice(reward, model, aesthetic_head) or True
+        return _check_choice(reward, model, aesthetic_head) or check_numbers(cls, weight=weight)
 
     @classmethod
     def execute(cls, reward: str, model: str, aesthetic_head: str, weight: float) -> io.NodeOutput:
@@ -163,6 +164,10 @@ class ProGRPORewardCombine(io.ComfyNode):
             ],
             outputs=[RewardType.Output(display_name="reward", tooltip="The weighted sum.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, weight_a: float | None = None, weight_b: float | None = None) -> bool | str:
+        return check_numbers(cls, weight_a=weight_a, weight_b=weight_b)  # NaN passes ComfyUI's range check
 
     @classmethod
     def execute(cls, reward_a: Any, weight_a: float, reward_b: Any, weight_b: float) -> io.NodeOutput:

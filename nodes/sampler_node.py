@@ -19,6 +19,7 @@ from progrpo.dynamics import DYNAMICS, get_dynamics, policy_step
 from progrpo.errors import ProGRPOConfigError
 
 from .comfy_backend import schedule_from_sigmas, schedule_kind
+from .input_checks import check_choices
 from .sampling_inputs import check_noise_level
 
 
@@ -77,8 +78,9 @@ class ProGRPOSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, noise_level: float | None = None) -> bool | str:
-        return check_noise_level(noise_level)
+    def validate_inputs(cls, noise_level: float | None = None, dynamics: str | None = None) -> bool | str:
+        checked = check_choices(cls, dynamics=dynamics)  # ComfyUI does not check V3 combo values
+        return check_noise_level(noise_level) if checked is True else checked
 
     @classmethod
     def execute(cls, dynamics: str, noise_level: float) -> io.NodeOutput:

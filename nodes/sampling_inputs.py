@@ -9,6 +9,8 @@ from comfy_api.latest import io
 from progrpo.dynamics import DYNAMICS
 from progrpo.errors import ProGRPOConfigError
 
+from .input_checks import number_problem
+
 DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
 
 
@@ -31,7 +33,13 @@ def sampling_inputs(training: bool) -> list:
 
 
 def check_noise_level(noise_level: float | None) -> bool | str:
-    """Queue-time check of the one widget whose range (-1 or >= 0) a min/max cannot express."""
+    """Queue-time check of the one widget whose range (-1 or >= 0) a min/max cannot express.
+
+    Declaring it in validate_inputs turns ComfyUI's own range check off, so the whole range is checked here.
+    """
+    problem = number_problem("noise_level", noise_level, -1.0, 10.0)
+    if problem:
+        return problem
     if noise_level is not None and noise_level < 0 and noise_level != -1:
         return f"noise_level={noise_level}: use -1 for the dynamic's default or a value >= 0."
     return True

@@ -40,6 +40,7 @@ from progrpo.train.trainer import Trainer
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
 from .expanded_sampler import RewardType, RolloutType
+from .input_checks import check_choices, check_numbers
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
@@ -201,10 +202,16 @@ class ProGRPOTrainLoop(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None) -> bool | str:
-        noise_ok = check_noise_level(noise_level)
-        if noise_ok is not True:
-            return noise_ok
+    def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None, cfg: float | None = None,
+                        lr: float | None = None, alpha: float | None = None, dynamics: str | None = None,
+                        scheduler: str | None = None, selection: str | None = None) -> bool | str:
+        for checked in (check_numbers(cls, cfg=cfg, lr=lr, alpha=alpha), check_noise_level(noise_level),
+                        check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection)):
+            if checked is not True:
+                return checked
+        if noise_level == 0:
+            return ("noise_level=0: the rollout would be deterministic, with no policy gradient to train on; use -1 "
+                    "(the dynamic's default) or a value > 0.")
         if run_name is not None and not RUN_NAME.match(run_name):
             return (f"run_name={run_name!r}: use 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                     "or digit.")
@@ -401,6 +408,10 @@ class ProGRPOTrainStep(io.ComfyNode):
                 io.String.Output(display_name="metrics", tooltip="The update's metrics as JSON."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, lr: float | None = None, alpha: float | None = None) -> bool | str:
+        return check_numbers(cls, lr=lr, alpha=alpha)
 
     @classmethod
     def execute(cls, model: Any, rollout: Any, lr: float, rank: int, alpha: float, seed: int,
