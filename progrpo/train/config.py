@@ -258,7 +258,7 @@ class TrainConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir).strip():
             raise ProGRPOConfigError(f"output_dir={self.output_dir!r} must be a folder path.")
         self.output_dir = str(self.output_dir)
-        if self.dtype not in DTYPES:
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ProGRPOConfigError(f"dtype={self.dtype!r} is unknown; use one of {sorted(DTYPES)}.")
         try:
             torch.device(self.device)
@@ -274,6 +274,11 @@ class TrainConfig:
             raise ProGRPOConfigError(
                 f"rewards={self.rewards!r} must be a non-empty dict like {{'brightness': {{'weight': 1.0}}}}."
             )
+        for name, spec in self.rewards.items():
+            if spec is not None and not isinstance(spec, Mapping):
+                raise ProGRPOConfigError(
+                    f"rewards.{name}={spec!r:.60} must be a dict of options like {{'weight': 1.0}} (or null)."
+                )
         self.rewards = {str(key): dict(value or {}) for key, value in self.rewards.items()}
 
     # --- serialisation -----------------------------------------------------------------------
@@ -291,7 +296,7 @@ class TrainConfig:
         for section, kind in SECTIONS.items():
             if section in values:
                 values[section] = _build_section(section, kind, values[section])
-        return cls(**values)
+        return _construct(cls, values, "")
 
     def resolved_prompts(self) -> list[str]:
         """The training prompts: ``prompts`` or those read from ``prompts_file``."""
@@ -348,14 +353,42 @@ def _build_section(section: str, kind: type, value: Any) -> Any:
     if section == "optim" and isinstance(values.get("betas"), list):
         values["betas"] = tuple(values["betas"])
     try:
-        return kind(**values)
+        return _construct(kind, values, section + ".")
     except ProGRPOConfigError as error:
         message = str(error)
         if message.startswith(section + "."):
             raise
         raise ProGRPOConfigError(f"{section}: {message}") from None
-    except TypeError as error:  # e.g. a None where arithmetic is needed
-        raise ProGRPOConfigError(f"{section}: invalid value ({error}); check the types of its fields.") from None
+
+
+#: what a field of the wrong type or shape raises inside a dataclass's checks (a list where a string goes...).
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def _construct(kind: type, values: dict[str, Any], prefix: str) -> Any:
+    """``kind(**values)``; a field of the wrong type or shape becomes a ProGRPOConfigError naming that field."""
+    try:
+        return kind(**values)
+    except ProGRPOConfigError:
+        raise
+    except _SHAPE_ERRORS as error:
+        # which field: the first that fails on its own (the others at their defaults)
+        culprit = next((name for name in values if _fails_alone(kind, name, values[name])), None)
+        where = f"{prefix}{culprit}={values[culprit]!r:.60}" if culprit else prefix.rstrip(".") or "the config"
+        raise ProGRPOConfigError(
+            f"{where} has the wrong type or shape ({type(error).__name__}: {error}); see {kind.__name__}'s "
+            "documentation for the expected value."
+        ) from None
+
+
+def _fails_alone(kind: type, name: str, value: Any) -> bool:
+    try:
+        kind(**{name: value}) if kind is not TrainConfig else kind(**{"prompts": ["p"], name: value})
+    except ProGRPOConfigError:
+        return False
+    except _SHAPE_ERRORS:
+        return True
+    return False
 
 
 # --- prompts files ---------------------------------------------------------------------------
@@ -413,7 +446,10 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     file = Path(path)
     if not file.is_file():
         raise ProGRPOConfigError(f"config file {str(file)!r} does not exist; check the path.")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ProGRPOConfigError(f"config file {str(file)!r} is not UTF-8 text ({error.reason}); save it as UTF-8.") from None
     import yaml
 
     is_json = file.suffix.lower() == ".json"
