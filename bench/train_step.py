@@ -1,11 +1,12 @@
-"""Training cost per (sample, step) and peak RSS of one GRPO update at group sizes 8, 16, 32.
+"""Training cost per (sample, step) and peak RSS of one GRPO update at group sizes 8, 16, 32, 64.
 
 Each group size runs in its own subprocess (peak RSS only grows within a process): it samples a
 rollout, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), then times one
 ``grpo_update`` with micro-batches of 8 (trajectory, step) rows. Peak RSS of the update must stay
-flat as the group grows, since only one micro-batch's activations live at a time.
+flat as the group grows, since only one micro-batch's activations live at a time: PASS when the
+largest group's peak RSS is within 20% of the smallest's (``--tolerance``).
 
-    .venv/bin/python bench/train_step.py          # ~1 min on 2 cores
+    .venv/bin/python bench/train_step.py          # ~1.5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import pin_threads, write_result  # noqa: E402
+from _common import pin_threads, write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -72,11 +73,13 @@ def main() -> None:
     parser.add_argument("--model", default="tiny:sd3")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--micro-batch-rows", type=int, default=8)
-    parser.add_argument("--group-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--group-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--tolerance", type=float, default=0.20, help="allowed peak-RSS growth, largest/smallest - 1")
+    parser.add_argument("--quick", action="store_true", help="same measurement (one update per size is already minimal)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.model, args.size, args.micro_batch_rows)))  # noqa: T201 (child -> parent pipe)
+        print(json.dumps(measure(args.child, args.model, args.size, args.micro_batch_rows)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -96,10 +99,14 @@ def main() -> None:
                     row["peak_rss_mb"], row["update_peak_growth_mb"])
     growth = [row["update_peak_growth_mb"] for row in rows]
     peaks = [row["peak_rss_mb"] for row in rows]
-    logger.info("peak RSS ratio largest/smallest group: %.3f (flat = 1.0); update growth spread %.1f MB",
+    ratio = peaks[-1] / peaks[0]
+    verdict = "PASS" if ratio <= 1.0 + args.tolerance else "MISS"
+    logger.info("peak RSS ratio group %d / group %d: %.3f (target <= %.2f) %s; max/min %.3f; update growth spread "
+                "%.1f MB", rows[-1]["group_size"], rows[0]["group_size"], ratio, 1.0 + args.tolerance, verdict,
                 max(peaks) / min(peaks), max(growth) - min(growth))
     path = write_result("train_step", {"model": args.model, "size": args.size, "micro_batch_rows": args.micro_batch_rows,
-                                       "results": rows})
+                                       "results": rows, "peak_rss_ratio": ratio, "target": 1.0 + args.tolerance,
+                                       "verdict": verdict, "loadavg": os.getloadavg()})
     logger.info("wrote %s", path)
 
 
