@@ -133,9 +133,10 @@ def post(server: Any, path: str, body: dict[str, Any]) -> None:
 
 def rss_kib(pid: int) -> int:
     """Resident memory of a process (VmRSS in /proc/<pid>/status), KiB."""
-    for line in open(f"/proc/{pid}/status", encoding="ascii"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 

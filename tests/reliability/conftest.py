@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
 
-from comfy_harness import COMFYUI, ComfyServer  # noqa: E402
+from comfy_harness import COMFYUI, ComfyServer
 
 
 @pytest.fixture(scope="session")

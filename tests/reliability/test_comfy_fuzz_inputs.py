@@ -166,7 +166,7 @@ def _invalid_number(kind: str, spec: dict) -> st.SearchStrategy:
     if kind == "FLOAT":
         options.append(st.sampled_from([math.inf, -math.inf, "inf"]))
     if lo is not None:
-        below = st.integers(-(10**12), int(math.floor(lo)) - 1) if kind == "INT" else st.floats(
+        below = st.integers(-(10**12), math.floor(lo) - 1) if kind == "INT" else st.floats(
             max_value=lo, exclude_max=True, allow_nan=False, allow_infinity=False, min_value=-1e300)
         options.append(below)
     if hi is not None:
