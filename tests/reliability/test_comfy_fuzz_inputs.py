@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
 WAIT = 60.0  # seconds a fuzzed prompt may take before it counts as a hang
-EXAMPLES = 50
+EXAMPLES = 100
 ERROR_TYPES = ("ProGRPOConfigError",)
 #: a schedule is checked against the group where it is used: the sampler's error names its prune_schedule input.
 CONSUMER = {"ProGRPOPruneSchedule": ("11", "prune_schedule")}
