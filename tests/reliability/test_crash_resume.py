@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_setup import assert_same_tensors, digits_config, lora_of, records, temp_entries
 
 from progrpo.train import Trainer
 from progrpo.train.checkpoint import resolve_checkpoint
 from progrpo.train.config import save_config
-from training_setup import assert_same_tensors, digits_config, lora_of, records, temp_entries
 
 pytestmark = pytest.mark.slow
 
@@ -235,6 +235,6 @@ def test_sigkill_of_the_cli_then_resume(reference: Reference, tmp_path: Path):
     child.wait()
     child.stderr.close()
     assert _check_after_kill(tmp_path / "run", reference) >= wanted - 1
-    resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True, timeout=300)
+    resumed = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     _check_final(tmp_path / "run", reference)

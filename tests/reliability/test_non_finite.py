@@ -8,11 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from progrpo.errors import ProGRPONonFiniteError
-from progrpo.rewards import build_rewards
-from progrpo.train import Trainer
-from progrpo.train.trainer import load_model
 from training_setup import (
     CALLS_PER_ITERATION,
     assert_same_tensors,
@@ -22,6 +17,13 @@ from training_setup import (
     register_scripted,
     scripted_rewards,
 )
+
+from progrpo.errors import ProGRPONonFiniteError
+from progrpo.rewards import build_rewards
+from progrpo.train import Trainer
+from progrpo.train.trainer import load_model
+
+pytestmark = pytest.mark.slow  # real training runs of a few seconds each
 
 
 def _checkpoint(folder: Path, k: int) -> Path:

@@ -87,8 +87,8 @@ def lora_of(folder: Path, verifier: Trainer) -> dict[str, torch.Tensor]:
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
     assert a.keys() == b.keys(), what
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), f"{what}: {key} differs"
 
 
 def records(folder: Path) -> list[dict[str, Any]]:
