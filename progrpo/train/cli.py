@@ -48,7 +48,7 @@ def _train_and_report(trainer: Trainer, resume: str | None, evaluate_samples: in
         atomic_write_text(result.output_dir / "evaluation.json", json.dumps(evaluation, indent=2))
         logger.info("mean reward on fixed seeds (%d samples per prompt): before %.4f -> after %.4f",
                     evaluate_samples, evaluation["reward_before"], evaluation["reward_after"])
-    history = result.history
+    history = [r for r in result.history if not r.get("skipped")]  # skipped iterations have no reward
     if history:
         first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
         logger.info("reward mean: iteration 1 %.4f -> iteration %d %.4f", first, result.iterations_done, last)
