@@ -1,10 +1,12 @@
 """Training cost per (sample, step) and peak RSS of one GRPO update at group sizes 8, 16, 32, 64.
 
-Each group size runs in its own subprocess (peak RSS only grows within a process): it samples a
-rollout, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), then times one
-``grpo_update`` with micro-batches of 8 (trajectory, step) rows. Peak RSS of the update must stay
-flat as the group grows, since only one micro-batch's activations live at a time: PASS when the
-largest group's peak RSS is within 20% of the smallest's (``--tolerance``).
+Each group size runs in its own subprocess (peak RSS only grows within a process): after a
+warm-up iteration at group 8 it resets the kernel's peak-RSS mark (``/proc/self/clear_refs``) and
+runs one training iteration at the group size -- a rollout whose network calls take 16 rows at a
+time, then a timed ``grpo_update`` with micro-batches of 8 (trajectory, step) rows. The
+iteration's peak RSS must stay flat as the group grows, since only one chunk's / micro-batch's
+activations live at a time (the stored trajectories grow, by ~100 KB per trajectory here): PASS
+when the largest group's peak RSS is within 20% of the smallest's (``--tolerance``).
 
     .venv/bin/python bench/train_step.py          # ~1.5 min on 2 cores
 """
@@ -34,7 +36,7 @@ def _peak_rss_mb() -> float:
 
 
 def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> dict:
-    """One rollout + one timed update in this process; returns the figures."""
+    """A warm-up iteration, then one measured training iteration (rollout + update) in this process."""
     import torch
 
     from progrpo.advantages import group_advantages
@@ -49,23 +51,31 @@ def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> di
     denoiser = load_denoiser(model)
     params = add_lora(denoiser.network, LoraSettings(rank=4, alpha=4.0))
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    config = RolloutConfig(group_size=group_size, num_steps=6, dynamics="flow_sde", height=size, width=size,
-                           keep_images=False, seed=0)
-    rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(["a photo of a cat"], None),
-                                       build_reward("brightness"), config)
-    advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
+    conditioning = denoiser.encode_prompts(["a photo of a cat"], None)
+    reward = build_reward("brightness")
     grpo = GRPOConfig(micro_batch_rows=micro_batch_rows)
     generator = torch.Generator().manual_seed(0)
-    grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)  # warm-up
+
+    def iteration(group: int) -> tuple[dict, float, float]:
+        # The rollout's network calls are chunked too (max_batch_rows), as a memory-bounded run sets them.
+        config = RolloutConfig(group_size=group, num_steps=6, dynamics="flow_sde", height=size, width=size,
+                               keep_images=False, seed=0, max_batch_rows=2 * micro_batch_rows)
+        rollout = expand_and_prune_rollout(denoiser, conditioning, reward, config)
+        advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
+        before_update = _peak_rss_mb()
+        start = time.perf_counter()
+        metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)
+        return metrics, time.perf_counter() - start, before_update
+
+    iteration(8)  # warm-up at the smallest group, so every size starts from the same state
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark to the current RSS
     baseline = _peak_rss_mb()
-    start = time.perf_counter()
-    metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)
-    seconds = time.perf_counter() - start
+    metrics, seconds, before_update = iteration(group_size)
     rows = int(metrics["rows"])
+    peak = _peak_rss_mb()
     return {"group_size": group_size, "rows": rows, "seconds": seconds, "seconds_per_row": seconds / rows,
-            "peak_rss_mb": _peak_rss_mb(), "rss_before_update_mb": baseline,
-            "update_peak_growth_mb": _peak_rss_mb() - baseline}
+            "peak_rss_mb": peak, "rss_before_iteration_mb": baseline, "iteration_peak_growth_mb": peak - baseline,
+            "peak_before_update_mb": before_update}
 
 
 def main() -> None:
@@ -93,15 +103,15 @@ def main() -> None:
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
     logger.info("GRPO update, %s at %dpx, 6 steps, micro-batches of %d rows, 1 thread",
                 args.model, args.size, args.micro_batch_rows)
-    logger.info("%6s %6s %14s %14s %18s", "group", "rows", "ms per row", "peak RSS MB", "update growth MB")
+    logger.info("%6s %6s %14s %14s %20s", "group", "rows", "ms per row", "peak RSS MB", "iteration growth MB")
     for row in rows:
-        logger.info("%6d %6d %14.2f %14.1f %18.1f", row["group_size"], row["rows"], 1e3 * row["seconds_per_row"],
-                    row["peak_rss_mb"], row["update_peak_growth_mb"])
-    growth = [row["update_peak_growth_mb"] for row in rows]
+        logger.info("%6d %6d %14.2f %14.1f %20.1f", row["group_size"], row["rows"], 1e3 * row["seconds_per_row"],
+                    row["peak_rss_mb"], row["iteration_peak_growth_mb"])
+    growth = [row["iteration_peak_growth_mb"] for row in rows]
     peaks = [row["peak_rss_mb"] for row in rows]
     ratio = peaks[-1] / peaks[0]
     verdict = "PASS" if ratio <= 1.0 + args.tolerance else "MISS"
-    logger.info("peak RSS ratio group %d / group %d: %.3f (target <= %.2f) %s; max/min %.3f; update growth spread "
+    logger.info("peak RSS ratio group %d / group %d: %.3f (target <= %.2f) %s; max/min %.3f; iteration growth spread "
                 "%.1f MB", rows[-1]["group_size"], rows[0]["group_size"], ratio, 1.0 + args.tolerance, verdict,
                 max(peaks) / min(peaks), max(growth) - min(growth))
     path = write_result("train_step", {"model": args.model, "size": args.size, "micro_batch_rows": args.micro_batch_rows,
