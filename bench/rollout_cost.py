@@ -3,7 +3,8 @@
 Paper setting (flow model, 10 steps): 48 -> 24 -> 12 at steps 5 and 7, compared with a full
 rollout of 48 (what Pro-GRPO expands from) and of 24 (Flow-GRPO's group). The ledger predicts the
 ratio from counted work: network rows (trajectory-steps), and FLOPs of sampling + decoding +
-reward (torch's flop counter). Everything is measured in one run, interleaved, 1 thread.
+reward (torch's flop counter). Everything is measured in one run, interleaved, 1 thread, with
+network calls of at most ``--max-batch-rows`` (12) rows in every configuration.
 
 Verdict: PASS when the measured wall ratio and the ledger's TRAJECTORY-STEPS ratio agree within
 10% against both baselines. Trajectory-steps (network rows) is the cost model of the paper and
@@ -43,7 +44,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=4.5, help="CFG scale (Flow-GRPO samples with 4.5)")
     parser.add_argument("--size", type=int, default=64, help="image size in pixels")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-batch-rows", type=int, default=None)
+    # Every configuration's network calls take at most 12 rows (the funnel's last width), so all
+    # run the same call size: unchunked, the CPU's cost per row grows with the batch (48 rows x 2
+    # CFG branches cost ~2.3x 24 rows), which a count of rows cannot see. 0 = unchunked.
+    parser.add_argument("--max-batch-rows", type=int, default=12)
     parser.add_argument("--tolerance", type=float, default=0.10, help="allowed |measured / ledger - 1|")
     parser.add_argument("--group", type=int, default=48, help="G_max; the funnel is G -> G/2 -> G/4 at steps 5, 7")
     # (A half-size funnel is no quicker proxy: its last steps run 6 rows per call, where the CPU's
@@ -60,7 +64,7 @@ def main() -> None:
     conditioning = denoiser.encode_prompts(["a photo of a cat"], "")
     reward = build_reward("jpeg_compressibility")
     common = dict(num_steps=10, dynamics="flow_sde", height=args.size, width=args.size, keep_images=False,
-                  max_batch_rows=args.max_batch_rows, guidance_scale=args.guidance)
+                  max_batch_rows=args.max_batch_rows or None, guidance_scale=args.guidance)
     group, half, quarter = args.group, args.group // 2, args.group // 4
     pro_grpo = f"pro_grpo_{group}_{half}_{quarter}"
     configs = {
@@ -106,7 +110,7 @@ def main() -> None:
                     ledger.trajectory_steps, ledger.vae_decodes, ledger.reward_calls, ledger.total_flops / 1e9)
     verdict = "PASS" if all(row["verdict"] == "PASS" for row in rows) else "MISS"
     path = write_result("rollout_cost", {"arch": args.arch, "tier": args.tier, "guidance": args.guidance, "size": args.size, "repeats": args.repeats,
-                                         "group": group, "seconds": times, "ratios": rows, "verdict": verdict,
+                                         "group": group, "max_batch_rows": args.max_batch_rows, "seconds": times, "ratios": rows, "verdict": verdict,
                                          "tolerance": args.tolerance, "compared_with": "ledger trajectory-steps ratio",
                                          "quick": args.quick, "loadavg": os.getloadavg(),
                                          "ledgers": {name: ledger.as_dict() for name, ledger in ledgers.items()}})
