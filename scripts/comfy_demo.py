@@ -176,9 +176,14 @@ async def run_prompt(url: str, prompt: dict[str, Any], run_folder: str) -> dict[
                     raise DemoError("the run was interrupted; run the demo again with --resume to continue it")
                 elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
                     break
-        async with session.get(f"{url}/history/{prompt_id}") as response:
-            history = await response.json()
-    entry = history.get(prompt_id)
+        # ComfyUI sends execution_success before it files the prompt in /history: poll briefly.
+        entry = None
+        for _ in range(100):
+            async with session.get(f"{url}/history/{prompt_id}") as response:
+                entry = (await response.json()).get(prompt_id)
+            if entry:
+                break
+            await asyncio.sleep(0.1)
     if not entry or entry["status"].get("status_str") != "success":
         raise DemoError(f"the workflow did not complete: {json.dumps(entry and entry['status'])}")
     return entry
