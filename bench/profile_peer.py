@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -41,10 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import peer_trl
     import torch
     from torch.profiler import ProfilerActivity, profile
-
-    import peer_trl
 
     torch.set_num_threads(1)
     runner = (peer_trl.setup_ours if args.impl == "ours" else peer_trl.setup_trl)()
