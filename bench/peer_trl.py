@@ -25,8 +25,8 @@ run discarded as warm-up):
 Both implementations load in one process and alternate whole epochs (A B B A A B ...), so load drift
 on the shared cores hits both alike; ``--runs`` repeats that in fresh processes.
 
-    .venv/bin/python bench/peer_trl.py            # 2 processes x 4 measured epochs each, ~6 min on 2 cores
-    .venv/bin/python bench/peer_trl.py --quick    # 1 process x 2 measured epochs, ~2 min
+    .venv/bin/python bench/peer_trl.py            # 2 processes x 4 measured epochs each, ~3.5 min on 2 cores
+    .venv/bin/python bench/peer_trl.py --quick    # 1 process x 2 measured epochs, ~1.2 min
 """
 
 from __future__ import annotations
