@@ -131,7 +131,9 @@ class DiffusersUNetForComfy(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        # The first weight's dtype (the model is cast as a whole): diffusers' ModelMixin.dtype walks every
+        # submodule (~1 ms), and ComfyUI asks three times per sampling call (bench/comfyui_sampler.py).
+        return next(self.unet.parameters()).dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None,
                 **kwargs: Any) -> torch.Tensor:
