@@ -137,7 +137,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 "Trains a LoRA on the MODEL with GRPO: every iteration samples an expanded group of stochastic "
                 "trajectories per prompt, prunes it at the schedule's checkpoints (Optimal Variance Filtering), "
                 "scores the survivors with the reward and takes one optimiser step. The input MODEL is not "
-                "modified; the output MODEL is a copy with the trained LoRA applied."
+                "modified; the output MODEL is a copy with the trained LoRA applied. Runs in this one ComfyUI "
+                "process on its device; for several GPUs run `torchrun -m progrpo train` (see the README)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to train a LoRA for (upstream LoRAs and patches stay "
