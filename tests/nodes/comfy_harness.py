@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -190,6 +191,20 @@ class ComfyServer:
 
     def stop(self) -> None:
         _terminate(self.pid)
+
+    @classmethod
+    def for_session(cls, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ComfyServer]:
+        """Body of a session fixture: a server on a fresh base folder ``name``, stopped at the end.
+
+        Skips the tier when ComfyUI is not installed.
+        """
+        if not (COMFYUI / "main.py").is_file():
+            pytest.skip(f"ComfyUI is not installed in {COMFYUI}; run scripts/install_comfyui.sh")
+        server = cls.start(tmp_path_factory.mktemp(name))
+        try:
+            yield server
+        finally:
+            server.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -16,16 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_harness import COMFYUI, ComfyServer
+from comfy_harness import ComfyServer
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """A running ComfyUI server (``.url``, ``.post_prompt``, ``.wait_history``, ``.log()``, ``.models``)."""
-    if not (COMFYUI / "main.py").is_file():
-        pytest.skip(f"ComfyUI is not installed in {COMFYUI}; run scripts/install_comfyui.sh")
-    server = ComfyServer.start(tmp_path_factory.mktemp("comfyui-base"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from ComfyServer.for_session(tmp_path_factory, "comfyui-base")
