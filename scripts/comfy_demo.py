@@ -84,12 +84,14 @@ def start_server(port: int, base: Path) -> int:
     return int((base / f"comfyui-{port}.pid").read_text().strip())
 
 
-def stop_server(pid: int) -> None:
+def stop_server(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout`` s for it to exit, then SIGKILL (the test harness uses it too)."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    for _ in range(100):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from comfy_demo import stop_server  # noqa: E402  (a script, not a package)
+
 COMFYUI = REPO / ".comfyui" / "ComfyUI"
 PACK_NAME = "comfyui-progrpo"
 
@@ -182,7 +185,7 @@ class ComfyServer:
         pid_file = base / f"comfyui-{port}.pid"
         if result.returncode != 0:
             if pid_file.exists():  # the script kills it on failure; make sure
-                _terminate(int(pid_file.read_text()))
+                stop_server(int(pid_file.read_text()), timeout=30.0)
             raise RuntimeError(f"start_comfyui.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return cls(
             url=f"http://127.0.0.1:{port}", pid=int(pid_file.read_text()), base=base,
@@ -190,7 +193,7 @@ class ComfyServer:
         )
 
     def stop(self) -> None:
-        _terminate(self.pid)
+        stop_server(self.pid, timeout=30.0)  # ComfyUI exits cleanly on SIGTERM
 
     @classmethod
     def for_session(cls, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ComfyServer]:
@@ -236,19 +239,3 @@ class ComfyServer:
                 return entry
             time.sleep(0.1)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s; log tail:\n{self.log()[-3000:]}")
-
-
-def _terminate(pid: int, timeout: float = 30.0) -> None:
-    """SIGTERM ``pid`` (ComfyUI exits cleanly on it) and wait; SIGKILL if it hangs."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
