@@ -74,9 +74,17 @@ class TrainingOptions:
 
 
 def compute_dtype_of(patcher: Any) -> torch.dtype:
-    """The dtype ComfyUI computes this MODEL in: its manual-cast dtype, else its weights' dtype."""
+    """The dtype ComfyUI computes this MODEL in: its compute-dtype patch, else the loader's manual cast, else storage.
+
+    Read from the patcher and the model's config, never from ``model.manual_cast_dtype``: another clone that
+    is loaded right now may have patched that attribute of the shared model.
+    """
+    patched = patcher.object_patches.get("manual_cast_dtype")
+    if patched is not None:
+        return patched
     model = patcher.model
-    return model.manual_cast_dtype if model.manual_cast_dtype is not None else model.get_dtype()
+    configured = model.model_config.manual_cast_dtype
+    return configured if configured is not None else model.get_dtype()
 
 
 def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:

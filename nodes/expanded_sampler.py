@@ -101,6 +101,10 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                 io.String.Input("prompt_text", default="", multiline=True, optional=True,
                                 tooltip="The prompt's text, passed to text-aware rewards (CLIP score, digit "
                                 "alignment); may stay empty for image-only rewards."),
+                io.Int.Input("max_batch_rows", default=0, min=0, max=4096, optional=True,
+                             tooltip="Trajectories per model call and per VAE decode (0: the whole group at once). "
+                             "Lower it (e.g. 8) when a large group at a high resolution runs out of memory; results "
+                             "change only by rounding."),
             ],
             outputs=[
                 io.Latent.Output(display_name="survivors",
@@ -141,6 +145,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
         reward: Any | None = None,
         vae: Any | None = None,
         prompt_text: str = "",
+        max_batch_rows: int = 0,
     ) -> io.NodeOutput:
         samples = latent["samples"]
         channels = int(model.model.latent_format.latent_channels)
@@ -179,7 +184,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                 noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
                 prune_schedule=prune_schedule, selection=selection,
                 height=int(samples.shape[2]) * factor, width=int(samples.shape[3]) * factor,
-                seed=int(seed) % (2**63), keep_images=True,
+                seed=int(seed) % (2**63), keep_images=True, max_batch_rows=int(max_batch_rows) or None,
             )
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None

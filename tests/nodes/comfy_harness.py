@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -167,9 +167,17 @@ class ComfyServer:
         return self.base / "models"
 
     @classmethod
-    def start(cls, base: Path, timeout: float = 180.0) -> ComfyServer:
-        """Start a server on a free port with ``base`` as --base-directory (this repo linked in custom_nodes)."""
+    def start(cls, base: Path, timeout: float = 180.0, extra_args: Sequence[str] = (),
+              extra_custom_nodes: Sequence[Path] = (), env: dict[str, str] | None = None) -> ComfyServer:
+        """Start a server on a free port with ``base`` as --base-directory (this repo linked in custom_nodes).
+
+        ``extra_args`` go to ComfyUI (e.g. ``--bf16-unet``); ``extra_custom_nodes`` are linked into
+        custom_nodes/ too (test-only node packs); ``env`` adds environment variables for the server.
+        """
         (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        for pack in extra_custom_nodes:
+            if not (base / "custom_nodes" / pack.name).exists():
+                (base / "custom_nodes" / pack.name).symlink_to(pack, target_is_directory=True)
         for folder in ("checkpoints", "diffusion_models", "vae", "loras", "clip"):
             (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         link = base / "custom_nodes" / PACK_NAME
@@ -178,9 +186,10 @@ class ComfyServer:
         port = free_port()
         began = time.monotonic()
         result = subprocess.run(
-            ["bash", str(REPO / "scripts" / "start_comfyui.sh"), "--port", str(port), "--base-directory", str(base)],
+            ["bash", str(REPO / "scripts" / "start_comfyui.sh"), "--port", str(port), "--base-directory", str(base),
+             *(["--", *extra_args] if extra_args else [])],
             capture_output=True, text=True, timeout=timeout, check=False,
-            env={**os.environ, "COMFYUI_START_TIMEOUT": str(int(timeout))},
+            env={**os.environ, **(env or {}), "COMFYUI_START_TIMEOUT": str(int(timeout))},
         )
         pid_file = base / f"comfyui-{port}.pid"
         if result.returncode != 0:

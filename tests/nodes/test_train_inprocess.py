@@ -246,3 +246,57 @@ def test_model_eviction_during_training_changes_nothing(loaded):
     assert calm_lora.keys() == evicted_lora.keys()
     assert all(torch.equal(calm_lora[key], evicted_lora[key]) for key in calm_lora)
     assert torch.equal(_ksampler(model, positive, negative), before)
+
+
+def _lora_gradient(loaded, gradient_checkpointing: bool) -> torch.Tensor:
+    """The accumulated LoRA gradient of one GRPO update on a fixed rollout, with or without checkpointing."""
+    import progrpo_comfy_nodes as ext  # noqa: F401  (registers the package)
+    from progrpo_comfy_nodes.comfy_backend import ComfyDenoiser
+    from progrpo_comfy_nodes.comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
+    from progrpo_comfy_nodes.comfy_training import TrainingOptions, TrainingSession
+
+    from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
+    from progrpo.train.config import GRPOConfig
+    from progrpo.train.update import accumulate_policy_gradient, select_training_pairs
+
+    model, vae, reward, positive, negative = loaded
+    adapter = ComfyLoraAdapter(model, rank=2, alpha=2.0, targets=DEFAULT_TARGETS, seed=0)
+    with torch.inference_mode(False), torch.no_grad():  # both factors non-zero: every parameter gets a gradient
+        for index, param in enumerate(adapter.parameters()):
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(index)))
+    session = TrainingSession(adapter, TrainingOptions(training_dtype="fp32",
+                                                       gradient_checkpointing=gradient_checkpointing))
+    denoiser = ComfyDenoiser(adapter.patcher, vae=vae)
+    conditioning = denoiser.conditioning([positive], [negative])
+    config = RolloutConfig(group_size=3, num_steps=3, dynamics="ddim", height=32, width=32, guidance_scale=2.0,
+                           seed=5, keep_images=False)
+    with training_context(), session:
+        with torch.no_grad():
+            rollout = expand_and_prune_rollout(denoiser, conditioning, reward, config)
+        pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+        accumulate_policy_gradient(denoiser, rollout, torch.tensor([1.0, -0.5, -0.5]), pairs,
+                                   GRPOConfig(micro_batch_rows=2), adapter=adapter)
+        return torch.cat([param.grad.flatten().clone() for param in adapter.parameters()])
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(loaded):
+    plain = _lora_gradient(loaded, gradient_checkpointing=False)
+    checkpointed = _lora_gradient(loaded, gradient_checkpointing=True)
+    assert plain.abs().max() > 0
+    assert (checkpointed - plain).abs().max() <= 1e-5 * max(1.0, float(plain.abs().max()))
+
+
+def test_checkpointing_wraps_the_unet_blocks_only_during_the_update(loaded):
+    from progrpo_comfy_nodes.comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter
+    from progrpo_comfy_nodes.comfy_training import TrainingOptions, TrainingSession, checkpoint_blocks
+
+    model = loaded[0]
+    blocks = checkpoint_blocks(model.model.diffusion_model)
+    assert len(blocks) >= 4 and all("forward" not in vars(block) for block in blocks)
+    adapter = ComfyLoraAdapter(model, rank=2, alpha=2.0, targets=DEFAULT_TARGETS, seed=0)
+    session = TrainingSession(adapter, TrainingOptions(training_dtype="fp32"))
+    with torch.inference_mode(False), session, adapter.training():
+        assert all("forward" in vars(block) for block in checkpoint_blocks(adapter.patcher.model.diffusion_model))
+        assert not next(adapter.patcher.model.parameters()).is_inference()  # aliased, not copied
+    assert all("forward" not in vars(block) for block in blocks)
+    assert not model.model.diffusion_model.training
