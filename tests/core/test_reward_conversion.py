@@ -171,3 +171,52 @@ def test_reduced_precision_and_batches_stay_close_to_fp32(tmp_path: Path, clip_p
     assert torch.allclose(batched, full, atol=1e-6)
     assert float((half - full).abs().max()) < 0.05
     clear_model_cache()
+
+
+# --------------------------------------------------------------------------- bad inputs write nothing
+
+
+def _refused(tmp_path: Path, kind: str, source: Path, pattern: str, **options: object) -> None:
+    from progrpo.errors import ProGRPOConfigError
+
+    destination = tmp_path / "out" / "converted"
+    with pytest.raises(ProGRPOConfigError, match=pattern) as caught:
+        convert_reward(kind, source, destination, **options)
+    assert str(source.name) in str(caught.value) or str(options.get("processor", "")) in str(caught.value)
+    assert not destination.exists()
+    leftovers = list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+    assert leftovers == []  # no temp folder left behind
+
+
+def test_wrong_kind_truncated_unsafe_pickle_and_missing_processor_are_refused(tmp_path: Path, clip_processor: Path):
+    import datetime
+
+    head = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+    torch.save({f"layers.{i}.weight": torch.zeros(2, 2) for i in (0, 2, 4, 6, 7)}, head)
+    _refused(tmp_path, "hpsv2", head, r"not an open_clip CLIP.*KIND match", processor=clip_processor)
+    _refused(tmp_path, "imagereward", head, r"not an ImageReward checkpoint.*KIND match", processor=clip_processor)
+    good = tmp_path / "HPS_v2.1_compressed.pt"
+    torch.save({"state_dict": tiny_open_clip(seed=1).state_dict()}, good)
+    truncated = tmp_path / "HPS_truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _refused(tmp_path, "hpsv2", truncated, r"truncated.*download it again", processor=clip_processor)
+    unsafe = tmp_path / "HPS_with_objects.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "saved": datetime.datetime(2024, 1, 1)}, unsafe)
+    _refused(tmp_path, "hpsv2", unsafe, r"objects other than tensors.*datetime.*state_dict", processor=clip_processor)
+    no_tokenizer = tmp_path / "CLIP-H-without-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "preprocessor_config.json").write_text("{}")
+    _refused(tmp_path, "hpsv2", good, r"missing its processor.*--processor", processor=no_tokenizer)
+    _tiny_hf_clip(tmp_path / "PickScore_v1")
+    _refused(tmp_path, "pickscore", tmp_path / "PickScore_v1", r"missing its processor.*CLIP-ViT-H-14")
+
+
+def test_cli_converts_and_reports_errors(tmp_path: Path, clip_processor: Path, architecture: Path):
+    from progrpo.__main__ import main
+
+    torch.save({"state_dict": tiny_open_clip(seed=2).state_dict()}, tmp_path / "hps.pt")
+    base = ["convert-reward", "hpsv2", str(tmp_path / "hps.pt"), str(tmp_path / "out"), "--processor",
+            str(clip_processor), "--architecture", str(architecture)]
+    assert main(base) == 0 and read_reward_config(tmp_path / "out")["reward"] == "hps"
+    assert main(base) == 2  # exists: refused without --overwrite
+    assert main([*base, "--overwrite"]) == 0
