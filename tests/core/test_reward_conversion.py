@@ -18,6 +18,7 @@ from reference_rewards import (
     import_imagereward,
     open_clip_features,
     sample_images,
+    tiny_pickscore_folder,
     tiny_imagereward,
     tiny_open_clip,
     write_bert_processor,
@@ -70,7 +71,7 @@ def test_hpsv2_pickle_converts_and_scores_like_open_clip(tmp_path: Path, clip_pr
 def test_pickscore_folders_package_into_one_and_score_like_the_readme(tmp_path: Path, clip_processor: Path):
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPProcessor
 
-    model = _tiny_hf_clip(tmp_path / "PickScore_v1")
+    model = tiny_pickscore_folder(tmp_path / "PickScore_v1")
     folder = convert_reward("pickscore", tmp_path / "PickScore_v1", tmp_path / "pickscore", processor=clip_processor)
     images, pil = sample_images(4, seed=1)
     # PickScore README: AutoProcessor of the CLIP-H folder, i.e. this CLIPProcessor
@@ -85,23 +86,6 @@ def test_pickscore_folders_package_into_one_and_score_like_the_readme(tmp_path: 
     image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
     reference = model.logit_scale.exp() * (image * text).sum(-1)
     _close(build_reward("pickscore", path=str(folder)).score(images, PROMPTS), reference)
-
-
-def _tiny_hf_clip(folder: Path) -> object:
-    """A random CLIPModel saved as PickScore_v1 is released: config + weights, no tokenizer."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(5)
-    config = CLIPConfig(text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 40,
-                                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                                     "hidden_act": "gelu", "bos_token_id": 49406, "eos_token_id": 49407,
-                                     "pad_token_id": 49407},
-                        vision_config={"hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
-                                       "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "hidden_act": "gelu"},
-                        projection_dim=16)
-    model = CLIPModel(config).eval()
-    model.save_pretrained(str(folder))
-    return model
 
 
 def test_aesthetic_head_and_open_clip_backbone_score_like_imagereward_aesthetic(tmp_path: Path, architecture: Path):
@@ -207,7 +191,7 @@ def test_wrong_kind_truncated_unsafe_pickle_and_missing_processor_are_refused(tm
     no_tokenizer.mkdir()
     (no_tokenizer / "preprocessor_config.json").write_text("{}")
     _refused(tmp_path, "hpsv2", good, r"missing its processor.*--processor", processor=no_tokenizer)
-    _tiny_hf_clip(tmp_path / "PickScore_v1")
+    tiny_pickscore_folder(tmp_path / "PickScore_v1")
     _refused(tmp_path, "pickscore", tmp_path / "PickScore_v1", r"missing its processor.*CLIP-ViT-H-14")
 
 

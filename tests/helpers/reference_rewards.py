@@ -100,6 +100,21 @@ def open_clip_features(model: Any, images: list[Image.Image], prompts: list[str]
     return image, text
 
 
+def tiny_pickscore_folder(folder: Path, seed: int = 5) -> Any:
+    """A random CLIPModel saved as PickScore_v1 is released (config + weights, no tokenizer); returns it."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "gelu", "bos_token_id": 49406,
+            "eos_token_id": 49407, "pad_token_id": 49407}
+    vision = {"hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8, "hidden_act": "gelu"}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    model.save_pretrained(str(folder))
+    return model
+
+
 # --------------------------------------------------------------------------- ImageReward
 
 
