@@ -18,9 +18,9 @@ from reference_rewards import (
     import_imagereward,
     open_clip_features,
     sample_images,
-    tiny_pickscore_folder,
     tiny_imagereward,
     tiny_open_clip,
+    tiny_pickscore_folder,
     write_bert_processor,
     write_clip_processor,
 )

@@ -59,7 +59,8 @@ def write_clip_processor(folder: Path, image_size: int = 32) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    with gzip.open(bpe) as stream:
+        merges = stream.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -121,8 +122,7 @@ def tiny_pickscore_folder(folder: Path, seed: int = 5) -> Any:
 def import_imagereward() -> dict[str, Any]:
     """ImageReward's ``ImageReward``/``MLP``/``_transform``, ``VisionTransformer``, ``BertConfig``/``BertModel``
     and ``AestheticScore``, imported without the package ``__init__`` and shimmed for transformers 5."""
-    import transformers.modeling_utils as modeling_utils
-    import transformers.pytorch_utils as pytorch_utils
+    from transformers import modeling_utils, pytorch_utils
 
     sys.modules.setdefault("clip", types.ModuleType("clip"))  # AestheticScore.py imports openai CLIP's loader
     for name in ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint", "fairscale.nn.checkpoint.checkpoint_activations"):

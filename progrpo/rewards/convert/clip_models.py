@@ -23,8 +23,8 @@ import torch
 from ...errors import ProGRPOConfigError
 from ..clip_family import AESTHETIC_HEAD_KEYS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..reward_folder import reward_config
-from . import ConvertRequest, register_converter, write_json
-from .sources import check_processor, copy_processor, read_json_file, read_weights, wrong_kind, write_image_processor
+from . import ConvertRequest, register_converter
+from .sources import check_processor, copy_processor, read_json_file, read_weights, write_image_processor, wrong_kind
 
 #: open_clip's model config of ViT-H-14 (open_clip/model_configs/ViT-H-14.json): HPSv2 and PickScore's base.
 VIT_H_14 = {"embed_dim": 1024, "vision_cfg": {"image_size": 224, "layers": 32, "width": 1280, "head_width": 80,
@@ -107,7 +107,7 @@ def clip_config(out: dict[str, torch.Tensor], sizes: dict[str, int], architectur
     vision_cfg, text_cfg = architecture.get("vision_cfg", {}), architecture.get("text_cfg", {})
     act = "quick_gelu" if architecture.get("quick_gelu") else "gelu"
     vision = {"hidden_size": patch.shape[0], "patch_size": patch.shape[-1], "num_hidden_layers": sizes["vision_layers"],
-              "image_size": int(math.isqrt(positions - 1)) * patch.shape[-1], "hidden_act": act,
+              "image_size": math.isqrt(positions - 1) * patch.shape[-1], "hidden_act": act,
               "intermediate_size": out["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
               "num_attention_heads": patch.shape[0] // int(vision_cfg.get("head_width", 64))}
     text = {"hidden_size": tokens.shape[1], "vocab_size": tokens.shape[0], "num_hidden_layers": sizes["text_layers"],

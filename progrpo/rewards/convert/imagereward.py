@@ -20,7 +20,7 @@ from ..clip_family import AESTHETIC_HEAD_KEYS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..imagereward import IMAGEREWARD_MAX_LENGTH, IMAGEREWARD_MEAN, IMAGEREWARD_STD, ImageRewardModel
 from ..reward_folder import reward_config
 from . import ConvertRequest, register_converter
-from .sources import check_processor, read_json_file, read_weights, wrong_kind, write_image_processor
+from .sources import check_processor, read_json_file, read_weights, write_image_processor, wrong_kind
 
 #: ImageReward v1.0: BLIP ViT-L/16 at 224 px (blip.py ``create_vit('large')``: 16 heads, LayerNorm eps 1e-6)
 #: and med_config.json (BERT-base, 12 heads, eps 1e-12). Only what the weights cannot tell is listed.
