@@ -161,11 +161,9 @@ class ProGRPORewardLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, reward: str | None = None, model: str | None = None,
-                        aesthetic_head: str | None = None, weight: float | None = None,
-                        device: str | None = None, precision: str | None = None,
-                        batch_size: int | None = None) -> bool | str:
+                        aesthetic_head: str | None = None, weight: float | None = None) -> bool | str:
         # Declaring model/aesthetic_head here makes ComfyUI skip its own "value not in list" check, so a
-        # missing file gets our message naming the folder.
+        # missing file gets our message naming the folder; device/precision/batch_size keep ComfyUI's checks.
         return _check_choice(reward, model, aesthetic_head) or check_numbers(cls, weight=weight)
 
     @classmethod

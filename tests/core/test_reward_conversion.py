@@ -204,3 +204,21 @@ def test_cli_converts_and_reports_errors(tmp_path: Path, clip_processor: Path, a
     assert main(base) == 0 and read_reward_config(tmp_path / "out")["reward"] == "hps"
     assert main(base) == 2  # exists: refused without --overwrite
     assert main([*base, "--overwrite"]) == 0
+
+
+def test_training_device_reaches_model_rewards_only(tmp_path: Path, clip_processor: Path, architecture: Path):
+    from progrpo.errors import ProGRPOConfigError
+    from progrpo.rewards import build_rewards
+
+    torch.save({"state_dict": tiny_open_clip(seed=5).state_dict()}, tmp_path / "hps.pt")
+    folder = str(convert_reward("hpsv2", tmp_path / "hps.pt", tmp_path / "hps", processor=clip_processor,
+                                architecture=architecture))
+    combined = build_rewards({"hps": {"path": folder, "precision": "bf16"}, "brightness": {"weight": 0.5}},
+                             default_device="cpu")
+    assert combined.rewards["hps"].backbone.dtype == torch.bfloat16
+    assert combined.rewards["hps"].backbone.device == torch.device("cpu")
+    with pytest.raises(ProGRPOConfigError, match="device.*not a torch device"):
+        build_rewards({"hps": {"path": folder}}, default_device="warp-drive")
+    with pytest.raises(ProGRPOConfigError, match="converted as 'hpsv2'.*pick reward 'hps'"):
+        build_reward("pickscore", path=folder)
+    clear_model_cache()
