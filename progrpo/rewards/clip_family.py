@@ -317,6 +317,8 @@ def _load_clip_model(folder: Path, reward_name: str, device: torch.device, dtype
             ) from error
         # Reward models are frozen: GRPO only needs values, DRaFT-style use needs pixel gradients only.
         model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # PickScore multiplies by logit_scale.exp() (~100): bf16 would round it by up to 1%, so it stays fp32.
+        model.logit_scale.data = model.logit_scale.data.float()
         _MODEL_CACHE[key] = model
         logger.info("loaded CLIPModel from %s for reward '%s'", folder, reward_name)
     return model

@@ -174,14 +174,10 @@ def _processor_files(processor: Path, work: Path, image_size: int) -> list[str]:
 def convert_hpsv2(request: ConvertRequest, work: Path) -> dict[str, Any]:
     """HPS_v2.1_compressed.pt (open_clip ViT-H-14) + the CLIP-H processor folder -> CLIPModel folder."""
     what = "convert-reward hpsv2"
-    processor = check_processor(request.processor or _sibling_processor(request.source), what, CLIP_H_PROCESSOR)
+    processor = check_processor(request.processor, what, CLIP_H_PROCESSOR)
     config = _convert_open_clip(request.source, work, _architecture(request, VIT_H_14), processor, what)
     _processor_files(processor, work, int(config.vision_config.image_size))
     return reward_config("hpsv2", request.source, score="cos(image, text) (HPSv2 img_score.py)")
-
-
-def _sibling_processor(source: Path) -> Path | None:
-    return source if source.is_dir() else None
 
 
 @register_converter("pickscore")
@@ -194,16 +190,14 @@ def convert_pickscore(request: ConvertRequest, work: Path) -> dict[str, Any]:
     return reward_config("pickscore", request.source, score="logit_scale.exp() * cos(image, text) (PickScore README)")
 
 
-def _read_head(file: Path, width: int | None) -> dict[str, torch.Tensor]:
+def _read_head(file: Path) -> dict[str, torch.Tensor]:
+    """The LAION MLP state dict in ``file`` (keys checked)."""
     what = "convert-reward aesthetic"
     head = read_weights(file, what)
     missing = [k for k in AESTHETIC_HEAD_KEYS if k not in head]
     unexpected = sorted(set(head) - set(AESTHETIC_HEAD_KEYS))
     if missing or unexpected:
         raise wrong_kind(what, file, "a LAION aesthetic MLP head (keys layers.{0,2,4,6,7}.*)", missing, unexpected)
-    if width is not None and head["layers.0.weight"].shape[1] != width:
-        raise ProGRPOConfigError(f"{what}: head '{file}' takes {head['layers.0.weight'].shape[1]}-dim embeddings but "
-                                 f"the backbone gives {width}; use the backbone the head was trained on (ViT-L/14).")
     return head
 
 
@@ -217,14 +211,17 @@ def convert_aesthetic(request: ConvertRequest, work: Path) -> dict[str, Any]:
     if backbone is None or not backbone.exists():
         raise ProGRPOConfigError(f"{what}: --backbone '{backbone}' does not exist; give the head's CLIP model: a "
                                  "transformers folder (openai/clip-vit-large-patch14) or an open_clip ViT-L-14 file.")
-    head = _read_head(request.source, None)
+    head = _read_head(request.source)  # a wrong or damaged head fails before the backbone is converted
     if backbone.is_dir():
         _copy_clip_folder(backbone, work, what)
     else:
         config = _convert_open_clip(backbone, work, _architecture(request, VIT_L_14), None, what)
         write_image_processor(work, int(config.vision_config.image_size), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     width = int(read_json_file(work / "config.json", what).get("projection_dim", 0))
-    head = _read_head(request.source, width)
+    if head["layers.0.weight"].shape[1] != width:
+        raise ProGRPOConfigError(f"{what}: head '{request.source}' takes {head['layers.0.weight'].shape[1]}-dim "
+                                 f"embeddings but the backbone gives {width}; use the backbone the head was trained "
+                                 "on (CLIP ViT-L/14).")
     save_file({k: v.float().contiguous() for k, v in head.items()}, str(work / "aesthetic_head.safetensors"))
     return reward_config("aesthetic", request.source, head="aesthetic_head.safetensors", backbone=backbone.name,
                          score="LAION MLP on the L2-normalised CLIP image embedding (simple_inference.py)")
