@@ -69,8 +69,9 @@ def resolve_entry(name: str, input_name: str) -> str:
     if not path.exists():
         expected = " or ".join(_roots())
         raise ProGRPOConfigError(
-            f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the CLIPModel folder "
-            "(config.json + model.safetensors) or the aesthetic head file there and refresh the page."
+            f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the folder written by "
+            "`python -m progrpo convert-reward` (or a CLIPModel folder, or the aesthetic head file) there and refresh "
+            "the page."
         )
     if input_name == "aesthetic_head" and (path.is_dir() or path.suffix.lower() not in HEAD_EXTENSIONS):
         raise ProGRPOConfigError(
@@ -80,8 +81,8 @@ def resolve_entry(name: str, input_name: str) -> str:
         )
     if input_name == "model" and not path.is_dir():
         raise ProGRPOConfigError(
-            f"{input_name}: '{name}' is a file; pick a CLIPModel folder (config.json + model.safetensors) from "
-            "the rewards folder."
+            f"{input_name}: '{name}' is a file; pick a model folder from the rewards folder (written by "
+            "`python -m progrpo convert-reward`, or a CLIPModel folder with config.json + model.safetensors)."
         )
     return str(path)
 
@@ -91,8 +92,8 @@ def _check_choice(reward: str | None, model: str | None, head: str | None) -> st
     if reward is not None and reward not in REWARD_NAMES:  # a list: any JSON value may be tested
         return f"reward: '{reward}' is unknown; use one of {', '.join(REWARD_NAMES)}."
     if reward in MODEL_REWARDS and model in (None, NONE, ""):
-        return (f"model: reward '{reward}' needs a CLIPModel folder; put one in the rewards folder "
-                f"({' or '.join(_roots())}) and pick it here.")
+        return (f"model: reward '{reward}' needs a model folder; put one written by `python -m progrpo convert-reward` "
+                f"in the rewards folder ({' or '.join(_roots())}) and pick it here.")
     try:
         folder = resolve_entry(model, "model") if model not in (None, NONE, "") else None
         if head not in (None, NONE, ""):
@@ -135,7 +136,8 @@ class ProGRPORewardLoader(io.ComfyNode):
             display_name="Pro-GRPO Reward Loader",
             category="Pro-GRPO/rewards",
             description="A reward for Pro-GRPO sampling and training: image statistics, JPEG size, the embedded "
-            "digit classifier, or a CLIP-family model (CLIP score, PickScore, HPS, aesthetic) from models/rewards.",
+            "digit classifier, or a reward model (PickScore, HPSv2.1, ImageReward, LAION aesthetic, CLIP score) from "
+            "models/rewards, converted once with `python -m progrpo convert-reward`.",
             inputs=[
                 io.Combo.Input("reward", options=REWARD_NAMES, default="brightness",
                                tooltip="Which reward. clip_score, pickscore, hps (HPSv2.1), imagereward and aesthetic "

@@ -47,7 +47,8 @@ def architecture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _close(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """Max |ours - reference| (asserted < 1e-4); printed with -s for the README figures."""
-    difference = float((ours - reference.float()).abs().max())
+    reference = reference.detach().float()
+    difference = float((ours - reference).abs().max())
     print(f"max |ours - reference| = {difference:.2e} over scores {reference.tolist()}")
     assert difference < TOLERANCE, (ours, reference)
     return difference
