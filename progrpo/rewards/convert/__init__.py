@@ -10,6 +10,7 @@ complete: a failed conversion writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -68,8 +69,8 @@ def convert_reward(
 
     if kind not in CONVERTERS:
         raise ProGRPOConfigError(f"convert-reward: unknown kind '{kind}'; use one of {', '.join(sorted(CONVERTERS))}.")
-    request = ConvertRequest(*(None if p is None else Path(p).expanduser() for p in
-                               (source, destination, processor, backbone, architecture)))  # type: ignore[arg-type]
+    request = ConvertRequest(Path(source).expanduser(), Path(destination).expanduser(), _optional_path(processor),
+                             _optional_path(backbone), _optional_path(architecture))
     target = request.destination
     if target.exists() and not overwrite:
         raise ProGRPOConfigError(
@@ -77,6 +78,7 @@ def convert_reward(
         )
     if not request.source.exists():
         raise ProGRPOConfigError(f"convert-reward {kind}: source '{request.source}' does not exist; give the released file.")
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -89,10 +91,17 @@ def convert_reward(
         replace_folder(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for folder in created:  # innermost first: the folders this call made, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     fsync_path(target.parent)
     logger.info("convert-reward %s: wrote %s", kind, target)
     return target
+
+
+def _optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value).expanduser()
 
 
 def write_json(path: Path, data: Any) -> None:
