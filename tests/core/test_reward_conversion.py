@@ -221,3 +221,39 @@ def test_training_device_reaches_model_rewards_only(tmp_path: Path, clip_process
     with pytest.raises(ProGRPOConfigError, match="converted as 'hpsv2'.*pick reward 'hps'"):
         build_reward("pickscore", path=folder)
     clear_model_cache()
+
+
+def test_transformers_backbone_and_pickled_weights_convert_too(tmp_path: Path, clip_processor: Path):
+    """The aesthetic head on a transformers CLIP folder (openai/clip-vit-large-patch14's layout), and a
+    PickScore folder holding only pytorch_model.bin: same scores as computed from the model directly."""
+    from progrpo.rewards.clip_family import AestheticHead
+
+    model = tiny_pickscore_folder(tmp_path / "clip-vit-large-patch14", seed=9)
+    torch.manual_seed(10)
+    head = AestheticHead(16).eval()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    folder = convert_reward("aesthetic", tmp_path / "head.pth", tmp_path / "aesthetic",
+                            backbone=tmp_path / "clip-vit-large-patch14")
+    images, _ = sample_images(3, seed=8)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=(images - mean) / std)
+        features = getattr(features, "pooler_output", features)
+        expected = head(features / features.norm(dim=-1, keepdim=True))
+    _close(build_reward("aesthetic", path=str(folder)).score(images, [""] * 3), expected)
+
+    pickled = tmp_path / "PickScore_v1_bin"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tmp_path / "clip-vit-large-patch14" / "config.json").read_text())
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    from_bin = convert_reward("pickscore", pickled, tmp_path / "pick_bin", processor=clip_processor)
+    from_safetensors = convert_reward("pickscore", tmp_path / "clip-vit-large-patch14", tmp_path / "pick_st",
+                                      processor=clip_processor)
+    assert (from_bin / "model.safetensors").is_file() and not (from_bin / "pytorch_model.bin").exists()
+    prompts = PROMPTS[:3]
+    assert torch.equal(build_reward("pickscore", path=str(from_bin)).score(images, prompts),
+                       build_reward("pickscore", path=str(from_safetensors)).score(images, prompts))
