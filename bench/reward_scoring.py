@@ -104,9 +104,9 @@ def preview_share(folder: Path, precision: str) -> dict[str, float]:
     reward = Timed("reward", build_reward("hps", path=str(folder), precision=precision, batch_size=16).score, events)
     config = RolloutConfig(group_size=48, prune_schedule="5:24, 7:12", num_steps=10, dynamics="flow_sde", height=64,
                            width=64, keep_images=False, max_batch_rows=12, guidance_scale=4.5)
-    with torch.no_grad():  # warm-up on a 4-trajectory rollout (lazy initialisation)
-        expand_and_prune_rollout(denoiser, conditioning, reward, RolloutConfig(**{**config.__dict__, "group_size": 4,
-                                                                                 "prune_schedule": "5:2, 7:1"}))
+    with torch.no_grad():  # warm-up on an 8-trajectory rollout (lazy initialisation)
+        expand_and_prune_rollout(denoiser, conditioning, reward, RolloutConfig(**{**config.__dict__, "group_size": 8,
+                                                                                 "prune_schedule": "5:4, 7:2"}))
         events.clear()
         start = time.perf_counter()
         expand_and_prune_rollout(denoiser, conditioning, reward, config)
