@@ -76,8 +76,8 @@ def resolve_entry(name: str, input_name: str) -> str:
     if input_name == "aesthetic_head" and (path.is_dir() or path.suffix.lower() not in HEAD_EXTENSIONS):
         raise ProGRPOConfigError(
             f"{input_name}: '{name}' is not a .safetensors file; only safetensors heads are loaded (a pickled "
-            ".pt/.pth can run code). Convert it once: safetensors.torch.save_file(torch.load(f, weights_only=True), "
-            "'head.safetensors')."
+            ".pt/.pth can run code). Convert it once: python -m progrpo convert-reward aesthetic HEAD.pth "
+            "models/rewards/aesthetic --backbone CLIP_FOLDER, then pick that folder as model."
         )
     if input_name == "model" and not path.is_dir():
         raise ProGRPOConfigError(

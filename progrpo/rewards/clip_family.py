@@ -4,17 +4,20 @@ a LAION-style aesthetic MLP over CLIP image embeddings and HPS-style CLIP scores
 * ``clip_score``: ``scale * max(cos(img, txt), 0)`` with ``scale = 100`` (the usual CLIPScore).
 * ``pickscore``: ``logit_scale.exp() * cos`` (PickScore_v1 is a plain ``CLIPModel``; Flow-GRPO
   additionally divides by 26, which is a reward weight here).
-* ``hps``: ``cos``, as HPSv2 scores after its open_clip ViT-H-14 checkpoint is converted to the
-  transformers ``CLIPModel`` format (the ``.pt`` itself is not loaded here).
+* ``hps``: ``cos``, as HPSv2 scores, on the open_clip ViT-H-14 checkpoint converted to the
+  transformers ``CLIPModel`` format by ``convert-reward hpsv2`` (the ``.pt`` itself is not loaded here).
 * ``aesthetic``: the LAION improved-aesthetic-predictor MLP (as DDPO uses it) on L2-normalised
-  CLIP image embeddings; the head is a ``.safetensors`` state dict (pickled ``.pth`` heads are refused)
-  with keys ``layers.{0,2,4,6,7}.{weight,bias}``.
+  CLIP image embeddings; the head is a ``.safetensors`` state dict (pickled ``.pth`` heads are refused:
+  ``convert-reward aesthetic`` converts them) with keys ``layers.{0,2,4,6,7}.{weight,bias}``.
+
+Each reward runs on ``device`` in ``precision`` (fp32/fp16/bf16/auto, :mod:`.runtime`), ``batch_size``
+images per model call, and returns float32 scores.
 
 Images are preprocessed with torch (antialiased resize of the short side, centre crop,
 normalisation with the saved processor's ``image_mean/std``) rather than the PIL processor, so
 gradients reach the pixels (research/models.md section 3). Nothing is downloaded: a path must be
 an existing folder and every ``from_pretrained`` runs with ``local_files_only=True``. Loaded
-models are cached per (kind, path, device) so repeated builds (ComfyUI re-executing a loader
+models are cached per (kind, path, device, dtype) so repeated builds (ComfyUI re-executing a loader
 node, several rewards on one backbone) do not reload.
 """
 
@@ -436,8 +439,9 @@ def _read_state_dict(file: Path, reward_name: str) -> dict[str, torch.Tensor]:
     # Heads are user files: pickled .pt/.pth are refused, even with weights_only (a loader bug away from code).
     raise ProGRPOConfigError(
         f"reward '{reward_name}': head '{file}' is not a .safetensors file; only safetensors heads are loaded. "
-        "Convert the LAION .pth once: safetensors.torch.save_file(torch.load(path, weights_only=True), "
-        f"'head.safetensors'); expected keys {', '.join(AESTHETIC_HEAD_KEYS)}."
+        f"Convert the LAION .pth once with `python -m progrpo convert-reward aesthetic {file.name} DST --backbone "
+        "CLIP_FOLDER` (or safetensors.torch.save_file(torch.load(path, weights_only=True), 'head.safetensors')); "
+        f"expected keys {', '.join(AESTHETIC_HEAD_KEYS)}."
     )
 
 
