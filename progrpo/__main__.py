@@ -48,6 +48,10 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune", default="", help="prune schedule 'step:keep, ...', e.g. '5:4, 7:2'")
     parser.add_argument("--selection", default="ovf", help="ovf, random, topk or none")
     parser.add_argument("--reward", default="brightness", help="registered reward name")
+    parser.add_argument("--reward-path", help="model rewards: the folder written by convert-reward")
+    parser.add_argument("--reward-device", help="model rewards: torch device (default cpu), e.g. cuda")
+    parser.add_argument("--reward-precision", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="model rewards: precision (default fp32; auto = bf16/fp16 on a GPU)")
     parser.add_argument("--size", type=int, default=32, help="image height and width in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora", help="a ComfyUI-format LoRA .safetensors to merge before sampling")
@@ -72,7 +76,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance, prune_schedule=args.prune, selection=args.selection,
         height=args.size, width=args.size, seed=args.seed,
     )
-    reward = build_reward(args.reward)
+    options = {"path": args.reward_path, "device": args.reward_device, "precision": args.reward_precision}
+    reward = build_reward(args.reward, **{name: value for name, value in options.items() if value is not None})
     rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(args.prompt, args.negative_prompt),
                                        reward, config)
     out = Path(args.out)

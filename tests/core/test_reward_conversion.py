@@ -203,6 +203,11 @@ def test_cli_converts_and_reports_errors(tmp_path: Path, clip_processor: Path, a
     assert main(base) == 0 and read_reward_config(tmp_path / "out")["reward"] == "hps"
     assert main(base) == 2  # exists: refused without --overwrite
     assert main([*base, "--overwrite"]) == 0
+    sample = ["sample", "--model", "tiny:sd3", "--prompt", "a red cat", "--group-size", "2", "--steps", "2",
+              "--reward", "hps", "--reward-path", str(tmp_path / "out"), "--reward-device", "cpu",
+              "--reward-precision", "bf16", "--out", str(tmp_path / "sample")]
+    assert main(sample) == 0
+    assert len(json.loads((tmp_path / "sample" / "summary.json").read_text())["final_rewards"]) == 2
 
 
 def test_training_device_reaches_model_rewards_only(tmp_path: Path, clip_processor: Path, architecture: Path):
