@@ -146,7 +146,8 @@ class ProGRPORewardLoader(io.ComfyNode):
                                tooltip="Model folder in models/rewards for the model rewards (a convert-reward folder or "
                                "a CLIPModel folder); digit_alignment uses its embedded classifier when (none)."),
                 io.Combo.Input("aesthetic_head", options=reward_entries(), default=NONE,
-                               tooltip="The aesthetic reward's MLP head file in models/rewards (aesthetic only)."),
+                               tooltip="The aesthetic reward's MLP head file in models/rewards (aesthetic only; leave "
+                               "(none) when model is a folder written by convert-reward aesthetic)."),
                 io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="Multiplies the reward (negative to minimise it)."),
                 io.Combo.Input("device", options=device_choices(), default=COMFY_DEVICE, optional=True,
