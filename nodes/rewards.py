@@ -1,8 +1,10 @@
 """Reward nodes: load a progrpo reward by name, combine two, score an IMAGE batch.
 
-Model rewards (CLIP family) read transformers CLIPModel *folders* from ComfyUI's ``rewards``
-models folder (``models/rewards/<name>/config.json + weights``), registered by
-:func:`register_rewards_folder`; the aesthetic head is a file in the same folder.
+Model rewards read *folders* from ComfyUI's ``rewards`` models folder (``models/rewards/<name>``),
+registered by :func:`register_rewards_folder`: folders written by ``python -m progrpo
+convert-reward`` (PickScore, HPSv2.1, ImageReward, aesthetic; ``progrpo_reward.json`` names the
+kind) or plain transformers CLIPModel folders; an aesthetic head may also be a file there. Model
+rewards run on ComfyUI's torch device unless the ``device`` input says otherwise.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from comfy_api.latest import io
 
 from progrpo.errors import ProGRPOConfigError
 from progrpo.rewards import REWARDS, WeightedSum, build_reward
+from progrpo.rewards.reward_folder import read_reward_config
+from progrpo.rewards.runtime import DEFAULT_BATCH_SIZE, PRECISIONS
 
 from .expanded_sampler import RewardType
 from .input_checks import check_numbers
 from .paths import resolve_inside
 
 FOLDER = "rewards"
-#: rewards that need a CLIPModel folder from the rewards models folder.
-MODEL_REWARDS = ("aesthetic", "clip_score", "hps", "pickscore")
+#: rewards that need a model folder from the rewards models folder.
+MODEL_REWARDS = ("aesthetic", "clip_score", "hps", "imagereward", "pickscore")
+#: ``device`` choice meaning ComfyUI's torch device (comfy.model_management.get_torch_device()).
+COMFY_DEVICE = "comfyui"
 #: every reward a user can pick (digit_alignment uses the embedded classifier when no model is given).
 REWARD_NAMES = sorted(REWARDS)
 NONE = "(none)"
@@ -63,19 +69,20 @@ def resolve_entry(name: str, input_name: str) -> str:
     if not path.exists():
         expected = " or ".join(_roots())
         raise ProGRPOConfigError(
-            f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the CLIPModel folder "
-            "(config.json + model.safetensors) or the aesthetic head file there and refresh the page."
+            f"{input_name}: '{name}' was not found in the rewards folder ({expected}); put the folder written by "
+            "`python -m progrpo convert-reward` (or a CLIPModel folder, or the aesthetic head file) there and refresh "
+            "the page."
         )
     if input_name == "aesthetic_head" and (path.is_dir() or path.suffix.lower() not in HEAD_EXTENSIONS):
         raise ProGRPOConfigError(
             f"{input_name}: '{name}' is not a .safetensors file; only safetensors heads are loaded (a pickled "
-            ".pt/.pth can run code). Convert it once: safetensors.torch.save_file(torch.load(f, weights_only=True), "
-            "'head.safetensors')."
+            ".pt/.pth can run code). Convert it once: python -m progrpo convert-reward aesthetic HEAD.pth "
+            "models/rewards/aesthetic --backbone CLIP_FOLDER, then pick that folder as model."
         )
     if input_name == "model" and not path.is_dir():
         raise ProGRPOConfigError(
-            f"{input_name}: '{name}' is a file; pick a CLIPModel folder (config.json + model.safetensors) from "
-            "the rewards folder."
+            f"{input_name}: '{name}' is a file; pick a model folder from the rewards folder (written by "
+            "`python -m progrpo convert-reward`, or a CLIPModel folder with config.json + model.safetensors)."
         )
     return str(path)
 
@@ -85,18 +92,38 @@ def _check_choice(reward: str | None, model: str | None, head: str | None) -> st
     if reward is not None and reward not in REWARD_NAMES:  # a list: any JSON value may be tested
         return f"reward: '{reward}' is unknown; use one of {', '.join(REWARD_NAMES)}."
     if reward in MODEL_REWARDS and model in (None, NONE, ""):
-        return (f"model: reward '{reward}' needs a CLIPModel folder; put one in the rewards folder "
-                f"({' or '.join(_roots())}) and pick it here.")
-    if reward == "aesthetic" and head in (None, NONE, ""):
-        return "aesthetic_head: the aesthetic reward needs its MLP head file from the rewards folder; pick it here."
+        return (f"model: reward '{reward}' needs a model folder; put one written by `python -m progrpo convert-reward` "
+                f"in the rewards folder ({' or '.join(_roots())}) and pick it here.")
     try:
-        if model not in (None, NONE, ""):
-            resolve_entry(model, "model")
+        folder = resolve_entry(model, "model") if model not in (None, NONE, "") else None
         if head not in (None, NONE, ""):
             resolve_entry(head, "aesthetic_head")
+        elif reward == "aesthetic" and not _names_head(folder):
+            return ("aesthetic_head: the aesthetic reward needs its MLP head; pick the head file from the rewards "
+                    "folder, or a folder written by `python -m progrpo convert-reward aesthetic` as model.")
     except ProGRPOConfigError as error:
         return str(error)
     return None
+
+
+def _names_head(folder: str | None) -> bool:
+    """Whether ``folder`` is a converted aesthetic folder (its progrpo_reward.json names the head)."""
+    config = read_reward_config(folder) if folder is not None and os.path.isdir(folder) else None
+    return config is not None and "head" in config
+
+
+def device_choices() -> list[str]:
+    """``comfyui`` (ComfyUI's device), ``cpu`` and every CUDA device of this machine."""
+    return [COMFY_DEVICE, "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+
+
+def resolve_device_choice(device: str | None) -> str:
+    """The torch device name for a ``device`` input (``comfyui``: ComfyUI's torch device)."""
+    if device in (None, "", COMFY_DEVICE):
+        import comfy.model_management
+
+        return str(comfy.model_management.get_torch_device())
+    return str(device)
 
 
 class ProGRPORewardLoader(io.ComfyNode):
@@ -109,17 +136,28 @@ class ProGRPORewardLoader(io.ComfyNode):
             display_name="Pro-GRPO Reward Loader",
             category="Pro-GRPO/rewards",
             description="A reward for Pro-GRPO sampling and training: image statistics, JPEG size, the embedded "
-            "digit classifier, or a CLIP-family model (CLIP score, PickScore, HPS, aesthetic) from models/rewards.",
+            "digit classifier, or a reward model (PickScore, HPSv2.1, ImageReward, LAION aesthetic, CLIP score) from "
+            "models/rewards, converted once with `python -m progrpo convert-reward`.",
             inputs=[
                 io.Combo.Input("reward", options=REWARD_NAMES, default="brightness",
-                               tooltip="Which reward. clip_score, pickscore, hps and aesthetic need a model folder."),
+                               tooltip="Which reward. clip_score, pickscore, hps (HPSv2.1), imagereward and aesthetic "
+                               "need a model folder in models/rewards (python -m progrpo convert-reward writes one)."),
                 io.Combo.Input("model", options=reward_entries(), default=NONE,
-                               tooltip="CLIPModel folder in models/rewards for the model rewards; digit_alignment "
-                               "uses its embedded classifier when (none)."),
+                               tooltip="Model folder in models/rewards for the model rewards (a convert-reward folder or "
+                               "a CLIPModel folder); digit_alignment uses its embedded classifier when (none)."),
                 io.Combo.Input("aesthetic_head", options=reward_entries(), default=NONE,
-                               tooltip="The aesthetic reward's MLP head file in models/rewards (aesthetic only)."),
+                               tooltip="The aesthetic reward's MLP head file in models/rewards (aesthetic only; leave "
+                               "(none) when model is a folder written by convert-reward aesthetic)."),
                 io.Float.Input("weight", default=1.0, min=-100.0, max=100.0, step=0.01,
                                tooltip="Multiplies the reward (negative to minimise it)."),
+                io.Combo.Input("device", options=device_choices(), default=COMFY_DEVICE, optional=True,
+                               tooltip="Where the reward model runs: comfyui = ComfyUI's device (the GPU when there is "
+                               "one), or cpu / a given GPU. Weight-free rewards ignore it."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
+                               tooltip="Reward model precision: auto = bf16 (or fp16) on a GPU, fp32 on the CPU; "
+                               "scores are always returned in fp32."),
+                io.Int.Input("batch_size", default=DEFAULT_BATCH_SIZE, min=1, max=1024, optional=True,
+                             tooltip="Images the reward model scores per call (lower it if the GPU runs out of memory)."),
             ],
             outputs=[RewardType.Output(display_name="reward", tooltip="The reward, for samplers and score nodes.")],
         )
@@ -128,11 +166,12 @@ class ProGRPORewardLoader(io.ComfyNode):
     def validate_inputs(cls, reward: str | None = None, model: str | None = None,
                         aesthetic_head: str | None = None, weight: float | None = None) -> bool | str:
         # Declaring model/aesthetic_head here makes ComfyUI skip its own "value not in list" check, so a
-        # missing file gets our message naming the folder.
+        # missing file gets our message naming the folder; device/precision/batch_size keep ComfyUI's checks.
         return _check_choice(reward, model, aesthetic_head) or check_numbers(cls, weight=weight)
 
     @classmethod
-    def execute(cls, reward: str, model: str, aesthetic_head: str, weight: float) -> io.NodeOutput:
+    def execute(cls, reward: str, model: str, aesthetic_head: str, weight: float, device: str = COMFY_DEVICE,
+                precision: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> io.NodeOutput:
         problem = _check_choice(reward, model, aesthetic_head)
         if problem:
             raise ProGRPOConfigError(problem)
@@ -140,8 +179,10 @@ class ProGRPORewardLoader(io.ComfyNode):
         # weight-free rewards take no files: a model left selected from another reward is ignored.
         if model not in (None, NONE, "") and (reward in MODEL_REWARDS or reward == "digit_alignment"):
             options["path"] = resolve_entry(model, "model")
-        if reward == "aesthetic":
+        if reward == "aesthetic" and aesthetic_head not in (None, NONE, ""):
             options["head"] = resolve_entry(aesthetic_head, "aesthetic_head")
+        if reward in MODEL_REWARDS:
+            options.update(device=resolve_device_choice(device), precision=precision, batch_size=int(batch_size))
         built = build_reward(reward, **options)
         return io.NodeOutput(built if weight == 1.0 else WeightedSum({reward: built}, {reward: float(weight)}))
 

@@ -1,9 +1,11 @@
-"""Command line: ``python -m progrpo {train,sample,export-lora} ...``.
+"""Command line: ``python -m progrpo {train,sample,export-lora,convert-reward} ...``.
 
 * ``train CONFIG.yaml``: a whole Pro-GRPO / GRPO LoRA training run (see progrpo/configs/);
 * ``sample``: one Expand-and-Prune rollout, saved as an image grid plus a JSON summary (rewards,
   compute ledger, diagnostics), optionally with a trained LoRA applied;
-* ``export-lora``: a training checkpoint -> a ComfyUI-loadable ``.safetensors`` LoRA.
+* ``export-lora``: a training checkpoint -> a ComfyUI-loadable ``.safetensors`` LoRA;
+* ``convert-reward KIND SRC DST``: released reward files (PickScore, HPSv2.1, ImageReward, LAION
+  aesthetic) -> a self-describing folder for ``models/rewards`` (README "Rewards: setup").
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune", default="", help="prune schedule 'step:keep, ...', e.g. '5:4, 7:2'")
     parser.add_argument("--selection", default="ovf", help="ovf, random, topk or none")
     parser.add_argument("--reward", default="brightness", help="registered reward name")
+    parser.add_argument("--reward-path", help="model rewards: the folder written by convert-reward")
+    parser.add_argument("--reward-device", help="model rewards: torch device (default cpu), e.g. cuda")
+    parser.add_argument("--reward-precision", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="model rewards: precision (default fp32; auto = bf16/fp16 on a GPU)")
     parser.add_argument("--size", type=int, default=32, help="image height and width in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lora", help="a ComfyUI-format LoRA .safetensors to merge before sampling")
@@ -70,7 +76,8 @@ def _run_sample(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance, prune_schedule=args.prune, selection=args.selection,
         height=args.size, width=args.size, seed=args.seed,
     )
-    reward = build_reward(args.reward)
+    options = {"path": args.reward_path, "device": args.reward_device, "precision": args.reward_precision}
+    reward = build_reward(args.reward, **{name: value for name, value in options.items() if value is not None})
     rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(args.prompt, args.negative_prompt),
                                        reward, config)
     out = Path(args.out)
@@ -102,11 +109,33 @@ def _run_export(args: argparse.Namespace) -> int:
     return run_export_command(args.checkpoint, args.output)
 
 
+def _add_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("pickscore", "hpsv2", "imagereward", "aesthetic"), help="which reward")
+    parser.add_argument("source", help="the released file or folder (PickScore_v1/, HPS_v2.1_compressed.pt, "
+                        "ImageReward.pt, sac+logos+ava1-l14-linearMSE.pth)")
+    parser.add_argument("destination", help="the folder to write, e.g. ComfyUI/models/rewards/hpsv2.1")
+    parser.add_argument("--processor", help="tokenizer/processor folder: CLIP-ViT-H-14-laion2B-s32B-b79K "
+                        "(pickscore, hpsv2) or bert-base-uncased (imagereward)")
+    parser.add_argument("--backbone", help="aesthetic: the head's CLIP ViT-L/14 (transformers folder or open_clip file)")
+    parser.add_argument("--architecture", help="JSON overriding the default architecture (open_clip model config for "
+                        "hpsv2/aesthetic; vision_heads/text_heads for imagereward)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing destination folder")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .rewards.convert import convert_reward
+
+    convert_reward(args.kind, args.source, args.destination, processor=args.processor, backbone=args.backbone,
+                   architecture=args.architecture, overwrite=args.overwrite)
+    return 0
+
+
 #: sub-command -> (argument builder, runner, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "train": (_add_train, _run_train, "run a LoRA GRPO / Pro-GRPO training from a config file"),
     "sample": (_add_sample, _run_sample, "one Expand-and-Prune rollout -> image grid + JSON summary"),
     "export-lora": (_add_export, _run_export, "export a checkpoint's LoRA for ComfyUI's Load LoRA"),
+    "convert-reward": (_add_convert, _run_convert, "released reward model files -> a folder for models/rewards"),
 }
 
 

@@ -26,5 +26,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing comfyui-progrpo${extras:+[$extras]} (editable)"
   pip_quiet install --quiet -e ".${extras:+[$extras]}"
   .venv/bin/python -c "import progrpo, diffusers, transformers, peft, kornia" 
+  if [[ ",$extras," == *",test,"* ]]; then
+    # ImageReward's reference code for tests/core/test_reward_conversion.py; --no-deps: its pins (timm==0.6.13,
+    # fairscale, datasets, diffusers) conflict with open-clip-torch and are not needed by the modules the test imports.
+    pip_quiet install --quiet --no-deps "image-reward==1.5"
+  fi
   touch "$stamp"
 fi

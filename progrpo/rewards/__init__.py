@@ -70,3 +70,4 @@ __all__ = [
     "validate_inputs",
 ]
 from .digits import DigitAlignmentReward, digit_alignment, prompt_digit  # noqa: F401
+from .imagereward import ImageRewardReward, imagereward, load_imagereward  # noqa: F401

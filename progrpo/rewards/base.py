@@ -91,11 +91,18 @@ class BaseReward:
 
     name: str = "reward"
     differentiable: bool = False
+    #: images per ``_score`` call (None: the whole batch at once); model rewards set it.
+    batch_size: int | None = None
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """images: [B,3,H,W] float in [0,1]; prompts: B strings -> float32 [B] on images.device."""
         validate_inputs(images, prompts, self.name)
-        scores = self._score(images.float(), list(prompts))
+        if self.batch_size is None or images.shape[0] <= self.batch_size:
+            scores = self._score(images.float(), list(prompts))
+        else:
+            from .runtime import score_in_batches
+
+            scores = score_in_batches(self._score, images.float(), prompts, self.batch_size)
         return scores.to(device=images.device, dtype=torch.float32)
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -192,13 +199,20 @@ class WeightedSum(BaseReward):
         return self.combine(self.score_components(images, prompts))
 
 
-def build_rewards(spec: Mapping[str, Mapping[str, Any]]) -> WeightedSum:
+def _accepts(reward_name: str, option: str) -> bool:
+    """Whether the factory registered as ``reward_name`` takes keyword ``option``."""
+    factory = REWARDS.get(reward_name)
+    return factory is not None and option in inspect.signature(factory).parameters
+
+
+def build_rewards(spec: Mapping[str, Mapping[str, Any]], default_device: str | None = None) -> WeightedSum:
     """Build a :class:`WeightedSum` from ``{component: {"weight": w, **options}}``.
 
     The component name is the registered reward name unless the entry names one with
     ``"reward"`` (so one reward can appear twice with different options, e.g.
     ``{"clip_a": {"reward": "clip_score", "path": ...}, "clip_b": {...}}``). ``weight``
-    defaults to 1.0; every other key is passed to the reward's factory.
+    defaults to 1.0; every other key is passed to the reward's factory. ``default_device``
+    (the training device) is given to every reward model whose entry names no ``device``.
     """
     if not isinstance(spec, Mapping) or not spec:
         raise ProGRPOConfigError(
@@ -215,6 +229,8 @@ def build_rewards(spec: Mapping[str, Mapping[str, Any]]) -> WeightedSum:
         options = dict(entry)
         weights[key] = options.pop("weight", 1.0)
         reward_name = options.pop("reward", key)
+        if default_device is not None and "device" not in options and _accepts(reward_name, "device"):
+            options["device"] = default_device
         rewards[key] = build_reward(reward_name, **options)
     combined = WeightedSum(rewards, weights)
     logger.info("rewards: %s", combined.name)

@@ -4,17 +4,20 @@ a LAION-style aesthetic MLP over CLIP image embeddings and HPS-style CLIP scores
 * ``clip_score``: ``scale * max(cos(img, txt), 0)`` with ``scale = 100`` (the usual CLIPScore).
 * ``pickscore``: ``logit_scale.exp() * cos`` (PickScore_v1 is a plain ``CLIPModel``; Flow-GRPO
   additionally divides by 26, which is a reward weight here).
-* ``hps``: ``cos``, as HPSv2 scores after its open_clip ViT-H-14 checkpoint is converted to the
-  transformers ``CLIPModel`` format (the ``.pt`` itself is not loaded here).
+* ``hps``: ``cos``, as HPSv2 scores, on the open_clip ViT-H-14 checkpoint converted to the
+  transformers ``CLIPModel`` format by ``convert-reward hpsv2`` (the ``.pt`` itself is not loaded here).
 * ``aesthetic``: the LAION improved-aesthetic-predictor MLP (as DDPO uses it) on L2-normalised
-  CLIP image embeddings; the head is a ``.safetensors`` state dict (pickled ``.pth`` heads are refused)
-  with keys ``layers.{0,2,4,6,7}.{weight,bias}``.
+  CLIP image embeddings; the head is a ``.safetensors`` state dict (pickled ``.pth`` heads are refused:
+  ``convert-reward aesthetic`` converts them) with keys ``layers.{0,2,4,6,7}.{weight,bias}``.
+
+Each reward runs on ``device`` in ``precision`` (fp32/fp16/bf16/auto, :mod:`.runtime`), ``batch_size``
+images per model call, and returns float32 scores.
 
 Images are preprocessed with torch (antialiased resize of the short side, centre crop,
 normalisation with the saved processor's ``image_mean/std``) rather than the PIL processor, so
 gradients reach the pixels (research/models.md section 3). Nothing is downloaded: a path must be
 an existing folder and every ``from_pretrained`` runs with ``local_files_only=True``. Loaded
-models are cached per (kind, path, device) so repeated builds (ComfyUI re-executing a loader
+models are cached per (kind, path, device, dtype) so repeated builds (ComfyUI re-executing a loader
 node, several rewards on one backbone) do not reload.
 """
 
@@ -32,6 +35,8 @@ import torch.nn.functional as F
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from .base import BaseReward, register_reward
+from .reward_folder import check_folder_kind
+from .runtime import check_batch_size, resolve_device, resolve_dtype
 
 #: OpenAI CLIP normalisation, the transformers CLIPImageProcessor default.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,8 +56,8 @@ PICKLED_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 #: the LAION aesthetic head's state-dict keys (Linear layers of its nn.Sequential).
 AESTHETIC_HEAD_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
 
-#: (kind, path, device) -> loaded object; see :func:`clear_model_cache`.
-_MODEL_CACHE: dict[tuple[str, str, str], Any] = {}
+#: (kind, path, device[, dtype]) -> loaded object; see :func:`clear_model_cache`.
+_MODEL_CACHE: dict[tuple[str, ...], Any] = {}
 
 
 def clear_model_cache() -> None:
@@ -224,7 +229,8 @@ def _features(output: Any) -> torch.Tensor:
 
 @dataclass
 class ClipBackbone:
-    """A frozen fp32 ``CLIPModel`` with its tokenizer and differentiable preprocessing."""
+    """A frozen ``CLIPModel`` (on ``device`` in ``dtype``) with its tokenizer and differentiable
+    preprocessing; embeddings come out in float32 whatever ``dtype`` the model runs in."""
 
     path: Path
     processor_path: Path
@@ -232,6 +238,7 @@ class ClipBackbone:
     preprocess: ImagePreprocess
     device: torch.device
     tokenizer: Any = field(default=None, repr=False)
+    dtype: torch.dtype = torch.float32
 
     def load_tokenizer(self, reward_name: str) -> Any:
         """Load (once) the tokenizer saved in ``processor_path``."""
@@ -273,8 +280,8 @@ class ClipBackbone:
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings: [B,3,H,W] in [0,1] -> [B,D]; differentiable in images."""
-        pixels = self.preprocess(images.to(self.device, torch.float32))
-        return F.normalize(_features(self.model.get_image_features(pixel_values=pixels)), dim=-1)
+        pixels = self.preprocess(images.to(self.device, torch.float32)).to(self.dtype)
+        return F.normalize(_features(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1)
 
     def text_embeddings(self, prompts: Sequence[str], reward_name: str) -> torch.Tensor:
         """L2-normalised text embeddings: B prompts -> [B,D] (each distinct prompt encoded once,
@@ -286,7 +293,7 @@ class ClipBackbone:
             output = self.model.get_text_features(
                 input_ids=tokens["input_ids"].to(self.device), attention_mask=tokens["attention_mask"].to(self.device)
             )
-        embeddings = F.normalize(_features(output), dim=-1)
+        embeddings = F.normalize(_features(output).float(), dim=-1)
         rows = torch.tensor([unique.index(prompt) for prompt in prompts], device=self.device)
         return embeddings[rows]
 
@@ -297,10 +304,10 @@ def _stamp(folder: Path) -> int:
     return max(file.stat().st_mtime_ns for file in files if file.is_file())
 
 
-def _load_clip_model(folder: Path, reward_name: str, device: str) -> Any:
-    """The frozen fp32 CLIPModel saved in ``folder`` (checked), cached per (path, device)."""
+def _load_clip_model(folder: Path, reward_name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    """The frozen CLIPModel saved in ``folder`` (checked) on ``device`` in ``dtype``, cached."""
     # The files' modification times are part of the key, so a model re-saved in place reloads.
-    key = ("CLIPModel", f"{folder}@{_stamp(folder)}", str(torch.device(device)))
+    key = ("CLIPModel", f"{folder}@{_stamp(folder)}", str(device), str(dtype))
     model = _MODEL_CACHE.get(key)
     if model is None:
         from transformers import CLIPModel
@@ -312,30 +319,36 @@ def _load_clip_model(folder: Path, reward_name: str, device: str) -> Any:
                 f"reward '{reward_name}': could not load '{folder}' ({error}); {CLIP_FOLDER_EXPECTED}."
             ) from error
         # Reward models are frozen: GRPO only needs values, DRaFT-style use needs pixel gradients only.
-        model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        # PickScore multiplies by logit_scale.exp() (~100): bf16 would round it by up to 1%, so it stays fp32.
+        model.logit_scale.data = model.logit_scale.data.float()
         _MODEL_CACHE[key] = model
         logger.info("loaded CLIPModel from %s for reward '%s'", folder, reward_name)
     return model
 
 
 def load_clip(
-    path: Any, reward_name: str, processor_path: Any = None, device: str = "cpu", need_text: bool = True
+    path: Any, reward_name: str, processor_path: Any = None, device: str = "cpu", need_text: bool = True,
+    precision: str = "fp32",
 ) -> ClipBackbone:
-    """Load (or fetch from the cache) the CLIPModel in ``path``; tokenizer and image processor
-    settings come from ``processor_path`` (default: ``path``)."""
+    """Load (or fetch from the cache) the CLIPModel in ``path`` on ``device`` in ``precision``;
+    tokenizer and image processor settings come from ``processor_path`` (default: ``path``)."""
     folder = check_clip_folder(path, reward_name)
+    check_folder_kind(folder, reward_name)
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(precision, torch_device)
     processor_folder = folder if processor_path is None else Path(processor_path).expanduser().resolve()
     if not processor_folder.is_dir():
         raise ProGRPOConfigError(
             f"reward '{reward_name}': `processor_path` '{processor_folder}' is not a folder; expected the folder "
             "with the tokenizer and preprocessor_config.json / processor_config.json."
         )
-    key = ("ClipBackbone", f"{folder}@{_stamp(folder)}|{processor_folder}", str(torch.device(device)))
+    key = ("ClipBackbone", f"{folder}@{_stamp(folder)}|{processor_folder}", str(torch_device), str(dtype))
     backbone = _MODEL_CACHE.get(key)
     if backbone is None:
-        model = _load_clip_model(folder, reward_name, device)
+        model = _load_clip_model(folder, reward_name, torch_device, dtype)
         preprocess = read_image_preprocess(processor_folder, int(model.config.vision_config.image_size))
-        backbone = ClipBackbone(folder, processor_folder, model, preprocess, torch.device(device))
+        backbone = ClipBackbone(folder, processor_folder, model, preprocess, torch_device, dtype=dtype)
         _MODEL_CACHE[key] = backbone
     if need_text:
         backbone.load_tokenizer(reward_name)
@@ -351,38 +364,50 @@ class ClipSimilarityReward(BaseReward):
 
     differentiable = True
 
-    def __init__(self, name: str, backbone: ClipBackbone, scale: float | None, clamp_negative: bool) -> None:
+    def __init__(
+        self, name: str, backbone: ClipBackbone, scale: float | None, clamp_negative: bool, batch_size: int | None = None
+    ) -> None:
         self.name, self.backbone, self.scale, self.clamp_negative = name, backbone, scale, clamp_negative
+        self.batch_size = check_batch_size(batch_size)
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         cosine = (self.backbone.image_embeddings(images) * self.backbone.text_embeddings(prompts, self.name)).sum(-1)
         if self.clamp_negative:
             cosine = cosine.clamp_min(0)
-        scale = self.backbone.model.logit_scale.exp() if self.scale is None else self.scale
+        scale = self.backbone.model.logit_scale.float().exp() if self.scale is None else self.scale
         return scale * cosine
 
 
 @register_reward("clip_score")
 def clip_score(
-    path: str, processor_path: str | None = None, scale: float = 100.0, clamp_negative: bool = True, device: str = "cpu"
+    path: str, processor_path: str | None = None, scale: float = 100.0, clamp_negative: bool = True,
+    device: str = "cpu", precision: str = "fp32", batch_size: int | None = None,
 ) -> ClipSimilarityReward:
     """CLIPScore: ``scale * max(cos(img, txt), 0)`` from a local CLIPModel folder."""
-    return ClipSimilarityReward(
-        "clip_score", load_clip(path, "clip_score", processor_path, device), scale, clamp_negative
-    )
+    backbone = load_clip(path, "clip_score", processor_path, device, precision=precision)
+    return ClipSimilarityReward("clip_score", backbone, scale, clamp_negative, batch_size)
 
 
 @register_reward("pickscore")
-def pickscore(path: str, processor_path: str | None = None, device: str = "cpu") -> ClipSimilarityReward:
-    """PickScore: ``logit_scale.exp() * cos`` from a local CLIPModel folder (PickScore_v1's
-    tokenizer/processor live in the LAION CLIP-H folder: pass it as ``processor_path``)."""
-    return ClipSimilarityReward("pickscore", load_clip(path, "pickscore", processor_path, device), None, False)
+def pickscore(
+    path: str, processor_path: str | None = None, device: str = "cpu", precision: str = "fp32",
+    batch_size: int | None = None,
+) -> ClipSimilarityReward:
+    """PickScore: ``logit_scale.exp() * cos`` (PickScore's README, about 18-23 for real images) from a
+    folder written by ``convert-reward pickscore`` (or a CLIPModel folder plus ``processor_path``)."""
+    backbone = load_clip(path, "pickscore", processor_path, device, precision=precision)
+    return ClipSimilarityReward("pickscore", backbone, None, False, batch_size)
 
 
 @register_reward("hps")
-def hps(path: str, processor_path: str | None = None, device: str = "cpu") -> ClipSimilarityReward:
-    """HPS-style score ``cos(img, txt)`` from an HPS checkpoint converted to a CLIPModel folder."""
-    return ClipSimilarityReward("hps", load_clip(path, "hps", processor_path, device), 1.0, False)
+def hps(
+    path: str, processor_path: str | None = None, device: str = "cpu", precision: str = "fp32",
+    batch_size: int | None = None,
+) -> ClipSimilarityReward:
+    """HPSv2/v2.1: ``cos(img, txt)`` of the open_clip checkpoint (HPSv2's img_score.py) converted by
+    ``convert-reward hpsv2`` into a CLIPModel folder."""
+    backbone = load_clip(path, "hps", processor_path, device, precision=precision)
+    return ClipSimilarityReward("hps", backbone, 1.0, False, batch_size)
 
 
 class AestheticHead(torch.nn.Module):
@@ -414,8 +439,9 @@ def _read_state_dict(file: Path, reward_name: str) -> dict[str, torch.Tensor]:
     # Heads are user files: pickled .pt/.pth are refused, even with weights_only (a loader bug away from code).
     raise ProGRPOConfigError(
         f"reward '{reward_name}': head '{file}' is not a .safetensors file; only safetensors heads are loaded. "
-        "Convert the LAION .pth once: safetensors.torch.save_file(torch.load(path, weights_only=True), "
-        f"'head.safetensors'); expected keys {', '.join(AESTHETIC_HEAD_KEYS)}."
+        f"Convert the LAION .pth once with `python -m progrpo convert-reward aesthetic {file.name} DST --backbone "
+        "CLIP_FOLDER` (or safetensors.torch.save_file(torch.load(path, weights_only=True), 'head.safetensors')); "
+        f"expected keys {', '.join(AESTHETIC_HEAD_KEYS)}."
     )
 
 
@@ -435,7 +461,7 @@ def load_aesthetic_head(
             f"{', '.join(AESTHETIC_HEAD_KEYS)}."
         )
     file = file.resolve()
-    key = ("AestheticHead", f"{file}@{file.stat().st_mtime_ns}", str(torch.device(device)))
+    key = ("AestheticHead", f"{file}@{file.stat().st_mtime_ns}", str(resolve_device(device)))
     cached = _MODEL_CACHE.get(key)
     if cached is not None:
         return cached
@@ -472,16 +498,27 @@ class AestheticReward(BaseReward):
     name = "aesthetic"
     differentiable = True
 
-    def __init__(self, backbone: ClipBackbone, head: AestheticHead) -> None:
+    def __init__(self, backbone: ClipBackbone, head: AestheticHead, batch_size: int | None = None) -> None:
         self.backbone, self.head = backbone, head
+        self.batch_size = check_batch_size(batch_size)
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return self.head(self.backbone.image_embeddings(images))
 
 
 @register_reward("aesthetic")
-def aesthetic(path: str, head: str, processor_path: str | None = None, device: str = "cpu") -> AestheticReward:
-    """LAION-style aesthetic MLP (``head`` file) over a local CLIPModel folder's image embeddings."""
-    backbone = load_clip(path, "aesthetic", processor_path, device, need_text=False)
+def aesthetic(
+    path: str, head: str | None = None, processor_path: str | None = None, device: str = "cpu",
+    precision: str = "fp32", batch_size: int | None = None,
+) -> AestheticReward:
+    """LAION aesthetic MLP over a CLIPModel's L2-normalised image embeddings (about 1-10, 5 average).
+
+    ``path``: a folder written by ``convert-reward aesthetic`` (it names its head), or a CLIPModel
+    folder plus the ``head`` safetensors file. The MLP runs in float32 (0.9 M parameters).
+    """
+    backbone = load_clip(path, "aesthetic", processor_path, device, need_text=False, precision=precision)
+    config = check_folder_kind(backbone.path, "aesthetic")
+    if (head is None or str(head).strip() == "") and config is not None:
+        head = str(backbone.path / config["head"])
     width = int(backbone.model.config.projection_dim)
-    return AestheticReward(backbone, load_aesthetic_head(head, width, "aesthetic", device))
+    return AestheticReward(backbone, load_aesthetic_head(head, width, "aesthetic", str(backbone.device)), batch_size)

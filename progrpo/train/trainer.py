@@ -176,7 +176,7 @@ class Trainer:
                 "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline) or pass adapter=."
             )
         self.network = network
-        self.reward = build_rewards(self.config.rewards) if reward is None else reward
+        self.reward = build_rewards(self.config.rewards, default_device=self.config.device) if reward is None else reward
         # default: peft on the diffusers network (eval mode for sampling, float32 LoRA weights)
         self.adapter: LoraAdapter = PeftLoraAdapter(network, self.config.lora) if adapter is None else adapter
         self.params = self.adapter.parameters()
