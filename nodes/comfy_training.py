@@ -14,7 +14,8 @@ is left as it was:
   rollouts and updates both take the dequantizing path and their log-probs agree.
 * **per update** (:meth:`TrainingSession.update`): the model is loaded fully as ComfyUI's trainer
   loads it (``load_models_gpu(..., force_full_load=True)``, which evicts the VAE and other models from
-  the device first), inference-mode weights are aliased (:func:`.comfy_lora.alias_inference_tensors`,
+  the device first; the reward's models, which ComfyUI does not manage, go to the offload device until
+  the update ends), inference-mode weights are aliased (:func:`.comfy_lora.alias_inference_tensors`,
   no copy), the LoRA parameters and AdamW state are put beside the weights, and the highest
   ``ModuleList`` blocks of the diffusion model run under ``torch.utils.checkpoint`` (recomputed in
   backward, as ComfyUI's TrainLoraNode patches them) when ``gradient_checkpointing`` is on.
@@ -87,6 +88,55 @@ def compute_dtype_of(patcher: Any) -> torch.dtype:
     return configured if configured is not None else model.get_dtype()
 
 
+def reward_modules(reward: Any, depth: int = 4) -> list[torch.nn.Module]:
+    """The torch modules a reward object holds (its models), found through attributes, dicts and lists.
+
+    Pro-GRPO rewards keep their networks as plain attributes (a CLIP model, an aesthetic head; a weighted
+    sum keeps its rewards in a dict): ComfyUI does not manage them, so the training session moves them
+    off the device during the update itself.
+    """
+    found: list[torch.nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(value: Any, level: int) -> None:
+        if id(value) in seen or level > depth or isinstance(value, (str, bytes, int, float, torch.Tensor)):
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.nn.Module):
+            found.append(value)
+            return
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            children = list(value)
+        else:
+            children = list(getattr(value, "__dict__", {}).values())
+        for child in children:
+            visit(child, level + 1)
+
+    visit(reward, 0)
+    return found
+
+
+@contextlib.contextmanager
+def offloaded(modules: list[torch.nn.Module], offload_device: torch.device) -> Iterator[int]:
+    """Inside the block, every module not on ``offload_device`` sits there; each goes back after. Yields how many moved."""
+    moved = []
+    try:
+        for module in modules:
+            tensor = next(iter([*module.parameters(), *module.buffers()]), None)
+            if tensor is not None and tensor.device != offload_device:
+                moved.append((module, tensor.device))
+                with torch.inference_mode(tensor.is_inference()):
+                    module.to(offload_device)
+        yield len(moved)
+    finally:
+        for module, device in moved:
+            tensor = next(iter([*module.parameters(), *module.buffers()]))
+            with torch.inference_mode(tensor.is_inference()):
+                module.to(device)
+
+
 def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks gradient checkpointing wraps: children of the highest ``ModuleList``s of the model.
 
@@ -134,11 +184,13 @@ class TrainingSession:
     Args:
         adapter: the LoRA adapter whose clone is trained.
         options: the memory and precision knobs.
+        reward: the run's reward; its models leave the device during each update (ComfyUI's offload device).
     """
 
-    def __init__(self, adapter: ComfyLoraAdapter, options: TrainingOptions) -> None:
+    def __init__(self, adapter: ComfyLoraAdapter, options: TrainingOptions, reward: Any | None = None) -> None:
         self.adapter = adapter
         self.options = options
+        self.reward_modules = reward_modules(reward) if reward is not None else []
         patcher = adapter.patcher
         self.device = torch.device(patcher.load_device)
         self.compute_dtype = resolve_training_dtype(options.training_dtype, self.device)
@@ -170,7 +222,7 @@ class TrainingSession:
         alias_inference_tensors(patcher.model)
         self.adapter.place_parameters(torch.device(patcher.load_device))
         blocks = checkpoint_blocks(patcher.model.diffusion_model) if self.options.gradient_checkpointing else []
-        with checkpointed(blocks):
+        with offloaded(self.reward_modules, torch.device(patcher.offload_device)), checkpointed(blocks):
             yield
 
 

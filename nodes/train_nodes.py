@@ -274,7 +274,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"dynamics: {error}") from None
         check_image_size(vae, width, height)
-        session = TrainingSession(adapter, options)
+        session = TrainingSession(adapter, options, reward)
         loss_scale = loss_scale_for(session.compute_dtype, denoiser.latent_shape(height, width))
         try:
             config = TrainConfig(

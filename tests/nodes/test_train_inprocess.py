@@ -300,3 +300,24 @@ def test_checkpointing_wraps_the_unet_blocks_only_during_the_update(loaded):
         assert not next(adapter.patcher.model.parameters()).is_inference()  # aliased, not copied
     assert all("forward" not in vars(block) for block in blocks)
     assert not model.model.diffusion_model.training
+
+
+def test_the_rewards_models_are_found_for_offloading_during_the_update(loaded):
+    from progrpo_comfy_nodes.comfy_training import offloaded, reward_modules
+
+    from progrpo.rewards.base import WeightedSum
+
+    class _ModelReward:
+        def __init__(self) -> None:
+            self.backbone = {"vision": torch.nn.Linear(2, 2)}
+            self.head = torch.nn.Linear(2, 1)
+
+        def score(self, images, prompts):
+            return torch.zeros(images.shape[0])
+
+    inner = _ModelReward()
+    reward = WeightedSum({"model": inner, "brightness": loaded[2]}, {"model": 1.0, "brightness": 0.5})
+    found = reward_modules(reward)
+    assert {id(m) for m in found} == {id(inner.backbone["vision"]), id(inner.head)}
+    with offloaded(found, torch.device("cpu")) as moved:  # already on the offload device: nothing moves
+        assert moved == 0
