@@ -167,7 +167,7 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
 
 def test_kl_is_zero_before_the_first_update_and_positive_after(setup):
     denoiser, params, _, _, rollout, advantages = setup
-    config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5)
+    config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5, updates_per_rollout=1)
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     first = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
     assert first["kl"] == 0.0
