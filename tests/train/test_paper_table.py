@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-P, T = 1, 8  # prompts per iteration, sampler steps (bench settings)
-C1, C2 = 4, 6
+P, T = 1, 6  # prompts per iteration, sampler steps (bench settings)
+C1, C2 = 3, 4
 
 #: arm -> (initial group, [(checkpoint step, kept)], kept after sampling (static OVF) or None).
 FUNNELS = {
@@ -67,10 +67,10 @@ def expected_counts(group: int, checkpoints: list[tuple[int, int]], final_keep: 
 
 
 def test_hand_counts_are_the_papers_arithmetic() -> None:
-    # 16 x 4 + 8 x 2 + 4 x 2 trajectory-steps; the x_c previews add the 8 + 4 pruned rows' calls
-    counts = expected_counts(16, [(4, 8), (6, 4)], None)
-    assert counts["trajectory_steps"] == 16 * 4 + 8 * 2 + 4 * 2
-    assert counts["model_evaluations"] == 16 * 4 + 8 * 2 + 4 * 2 + 8 + 4
+    # 16 x 3 + 8 x 1 + 4 x 2 trajectory-steps; the x_c previews add the 8 + 4 pruned rows' calls
+    counts = expected_counts(16, [(3, 8), (4, 4)], None)
+    assert counts["trajectory_steps"] == 16 * 3 + 8 * 1 + 4 * 2
+    assert counts["model_evaluations"] == 16 * 3 + 8 * 1 + 4 * 2 + 8 + 4
 
 
 def test_statistics_by_hand() -> None:
