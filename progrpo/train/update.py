@@ -49,6 +49,9 @@ UPDATE_METRICS = (
     "optimizer_steps", "clip_fraction_off_policy", "ratio_deviation_off_policy",
 )
 
+#: what :func:`accumulate_policy_gradient` returns besides ``rows`` (means over its pairs).
+_PAIR_METRICS = ("loss", "policy_loss", "kl", "approx_kl", "clip_fraction", "ratio_mean", "ratio_deviation")
+
 #: dynamics whose step std holds ``sqrt|dt|`` (so Flow-GRPO's KL form differs from the exact one by |dt|).
 SQRT_DT_DYNAMICS = ("flow_sde", "dance_sde")
 
@@ -347,8 +350,8 @@ def _one_step(denoiser: Denoiser, rollout: Rollout, advantages: torch.Tensor, op
     optimizer.zero_grad(set_to_none=True)
     if len(pairs):
         metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter)
-    else:  # this rank holds none of the minibatch's pairs: it contributes zeros
-        metrics = {name: 0.0 for name in ("loss", "policy_loss", "kl", "approx_kl", "clip_fraction", "ratio_mean")}
+    else:  # this rank holds none of the minibatch's pairs: it contributes zeros (same keys: same all-reduce)
+        metrics = {name: 0.0 for name in _PAIR_METRICS}
         metrics["rows"] = 0.0
     if distributed.enabled:
         metrics = _global_means(metrics, distributed)

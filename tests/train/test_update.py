@@ -422,3 +422,18 @@ def test_non_finite_second_step_undoes_the_whole_update(setup):
     assert metrics["step_skipped"] == 1.0 and metrics["optimizer_steps"] == 0.0
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert not optimizer.state and scheduler.last_epoch == 0 and ema.calls == 0
+
+
+def test_a_rank_without_pairs_in_a_minibatch_reports_the_same_metric_keys(setup):
+    """Ranks all-reduce the metric values as one list: an empty minibatch must give the same keys."""
+    from progrpo.train.update import TrainingPairs, _one_step
+    from progrpo.train.distributed import SINGLE_PROCESS
+
+    denoiser, params, _, _, rollout, advantages = setup
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    full = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params, pairs, 1.0, None, None,
+                     SINGLE_PROCESS)
+    empty = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params,
+                      TrainingPairs(rows=pairs.rows[:0], steps=pairs.steps[:0]), 1.0, None, None, SINGLE_PROCESS)
+    assert list(full) == list(empty) and empty["rows"] == 0.0
