@@ -464,6 +464,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
     parser.add_argument("--smoke", action="store_true", help="tiny setting for the test suite (~1-2 min)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for paper_table.md/.json/_curves.png")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs in --out's paper_table_runs.jsonl and run only the missing ones")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from --out's paper_table_runs.jsonl (the runs of an earlier call)")
     args = parser.parse_args(argv)
@@ -472,11 +474,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _jobs(arms: list[str], settings: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """Every (arm, seed), seed-major (a run cut short still has complete paired seeds), costly arms first."""
-    cost = {arm: ARMS[arm]["group"] * (2 if ARMS[arm]["schedule"] is None else 1) for arm in arms}
-    jobs = [(arm, seed, settings) for seed in range(settings["seeds"]) for arm in arms]
-    return sorted(jobs, key=lambda job: (job[1], -cost[job[0]]))
+#: the arms of the three comparisons: run first for every seed, so a run cut short still decides them.
+PRIORITY = (PRO, BASELINE, RANDOM, "static16")
+
+
+def _jobs(arms: list[str], settings: dict[str, Any],
+          done: set[tuple[str, int]] = frozenset()) -> list[tuple[str, int, dict[str, Any]]]:
+    """Every (arm, seed) not ``done``: the comparisons' arms for all seeds first, then the others; seed-major."""
+    jobs = [(arm, seed, settings) for seed in range(settings["seeds"]) for arm in arms if (arm, seed) not in done]
+    return sorted(jobs, key=lambda job: (job[0] not in PRIORITY, job[1], -ARMS[job[0]]["group"]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -495,12 +501,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw = out / "paper_table_runs.jsonl"  # every finished run at once: a crash in the report loses nothing
     if args.report_only:
         return _report(out, *_read_raw(raw))
-    raw.write_text(json.dumps({"settings": settings, "load_start": _load(), "arms": arms}) + "\n")
+    done: set[tuple[str, int]] = set()
+    if args.resume and raw.is_file():  # keep the finished runs of an interrupted call (same settings)
+        previous, _, header = _read_raw(raw)
+        if header["settings"] != settings:
+            raise SystemExit(f"{raw} was written with other settings {header['settings']}; run without --resume")
+        done = {(arm, run["seed"]) for arm, arm_runs in previous.items() for run in arm_runs}
+        _append(raw, {"resumed_with_runs": len(done), "load_at_resume": _load()})
+    else:
+        raw.write_text(json.dumps({"settings": settings, "load_start": _load(), "arms": arms}) + "\n")
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers) as pool:
         base_job = pool.apply_async(base_diagnostics, (args.diag_samples, settings))
-        for run in pool.imap_unordered(run_one, _jobs(arms, settings)):
+        for run in pool.imap_unordered(run_one, _jobs(arms, settings, done)):
             _append(raw, {"run": run})
             logger.info("%-10s seed %d: area %.3f, final %.3f, %.0f s; elapsed %.1f min, load %s", run["arm"],
                         run["seed"], area_under([e[0] for e in run["evals"]], [e[1] for e in run["evals"]]),
@@ -526,6 +540,9 @@ def _read_raw(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
             runs[record["run"]["arm"]].append(record["run"])
         elif "base" in record:
             base = record["base"]
+        elif "bench_seconds" in record:  # one per (resumed) call: the wall time is their sum
+            header["bench_seconds"] = header.get("bench_seconds", 0.0) + record["bench_seconds"]
+            header["load_end"] = record["load_end"]
         else:
             header.update(record)
     return runs, base, header
