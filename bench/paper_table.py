@@ -480,9 +480,9 @@ PRIORITY = (PRO, BASELINE, RANDOM, "static16")
 
 def _jobs(arms: list[str], settings: dict[str, Any],
           done: set[tuple[str, int]] = frozenset()) -> list[tuple[str, int, dict[str, Any]]]:
-    """Every (arm, seed) not ``done``: the comparisons' arms for all seeds first, then the others; seed-major."""
+    """Every (arm, seed) not ``done``: seed 0 of every arm, then the comparisons' arms for all seeds, then the rest."""
     jobs = [(arm, seed, settings) for seed in range(settings["seeds"]) for arm in arms if (arm, seed) not in done]
-    return sorted(jobs, key=lambda job: (job[0] not in PRIORITY, job[1], -ARMS[job[0]]["group"]))
+    return sorted(jobs, key=lambda job: (job[1] > 0, job[0] not in PRIORITY, job[1], -ARMS[job[0]]["group"]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
