@@ -437,3 +437,30 @@ def test_a_rank_without_pairs_in_a_minibatch_reports_the_same_metric_keys(setup)
     empty = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params,
                       TrainingPairs(rows=pairs.rows[:0], steps=pairs.steps[:0]), 1.0, None, None, SINGLE_PROCESS)
     assert list(full) == list(empty) and empty["rows"] == 0.0
+
+
+def test_evaluate_uses_the_ema_weights_and_restores_the_trained_ones(tmp_path):
+    """With EMA on, evaluation scores the EMA weights (Flow-GRPO evaluates its EMA): set the shadow to
+    visibly different weights; evaluate() equals an evaluation with those weights loaded by hand."""
+    from progrpo.train.config import TrainConfig
+    from progrpo.train.trainer import Trainer
+
+    config = TrainConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
+                         rollout=RolloutConfig(group_size=2, num_steps=2, height=16, width=16),
+                         grpo=GRPOConfig(ema_decay=0.9), rewards={"brightness": {}})
+    trainer = Trainer(config)
+    trained = [p.detach().clone() for p in trainer.params]
+    trainer.ema.shadow = [torch.full_like(s, 0.05) for s in trainer.ema.shadow]
+    with_ema = trainer.evaluate(samples_per_prompt=2)
+    assert all(torch.equal(p, t) for p, t in zip(trainer.params, trained)), "trained weights restored"
+    without = trainer.evaluate(samples_per_prompt=2, rollout={})  # still EMA: same call
+    assert torch.equal(with_ema, without)
+    ema, trainer.ema = trainer.ema, None
+    raw = trainer.evaluate(samples_per_prompt=2)
+    with torch.no_grad():
+        for param in trainer.params:
+            param.fill_(0.05)
+    by_hand = trainer.evaluate(samples_per_prompt=2)
+    torch.testing.assert_close(with_ema, by_hand)
+    assert not torch.equal(raw, by_hand), "the EMA weights must change the evaluation for the test to mean anything"
+    del ema
