@@ -1,4 +1,4 @@
-"""One GRPO update from one rollout: re-evaluate the stored transitions, clipped loss, one optimiser step.
+"""One GRPO update from one rollout: re-evaluate the stored transitions, clipped loss, optimiser steps on minibatches.
 
 The rollout stored, for every survivor, the latent before and after each step and the step's
 log-prob under the sampling policy. Training re-runs the network on ``(latent_t, step t)`` pairs,
