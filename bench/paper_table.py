@@ -347,14 +347,17 @@ def verdict_line(results: dict[str, Any]) -> str:
 
 def _settings_lines(results: dict[str, Any]) -> list[str]:
     s = results["settings"]
+    seeds = len(results["comparisons"]["primary"]["seeds"])
+    planned = "" if seeds == len(s["seeds"]) else f" (of {len(s['seeds'])} planned; the run was stopped at the deadline)"
+    kl = f"KL beta {s['kl_beta']} in Flow-GRPO's form" if s["kl_beta"] else "KL off (beta 0, a third less training compute)"
     return [
         "# Pro-GRPO paper claim on the embedded digits flow model (Flow-GRPO's training regime)",
         "",
-        (f"{len(s['seeds'])} paired seeds x {s['iterations']} iterations x {len(results['arms'])} arms; "
+        (f"{seeds} paired seeds{planned} x {s['iterations']} iterations x {len(results['arms'])} arms; "
          f"{s['prompts_per_iteration']} prompts/iteration, {NUM_STEPS} flow-SDE steps (noise 0.7), checkpoints "
          f"{CHECKPOINTS}, x_c previews; training reward `{PRIMARY_REWARD}` (primary), `{SECONDARY_REWARD}` "
          f"probability secondary (evaluation only). Every arm: 2 optimiser steps per rollout on disjoint "
-         f"minibatches, clip 1e-4, lr {s['lr']}, KL beta {s['kl_beta']} in Flow-GRPO's form, EMA decay "
+         f"minibatches, clip 1e-4, lr {s['lr']}, {kl}, EMA decay "
          f"{s['ema_decay']} every 8 optimiser steps (evaluated with the EMA), advantage epsilon 1e-4, last step "
          "not trained. GRPO arms use the batch std (Flow-GRPO), pruned arms the survivors' group std (the paper)."),
         (f"Evaluation: every {s['eval_every']} iterations (and at 0) on fixed noise (seed {EVAL_SEED}), ODE sampler, "
@@ -385,15 +388,15 @@ def _comparison_lines(results: dict[str, Any]) -> list[str]:
 
 def _arm_lines(results: dict[str, Any]) -> list[str]:
     lines = ["## Arms", "",
-             ("| arm | area (mean +- sd) | final eval | final probability | model evals/it | of which preview-only "
+             ("| arm | seeds | area (mean +- sd) | final eval | final probability | model evals/it | of which preview-only "
               "| decodes/it | backward rows/it | GFLOPs/it | wall s/it | clustering frac | clip frac (off-policy "
               "step) | mean abs(ratio-1) off-policy | rho preview-final (training survivors) |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, m in results["arms"].items():
         per = m["per_iteration"]
         rho = ", ".join(f"@{step}: {_fmt(value)}" for step, value in sorted(m["training_spearman"].items())) or "-"
         lines.append(
-            f"| {m['label']} | {m['area_mean']:.3f} +- {m['area_sd']:.3f} | {m['final']:.3f} | {m['final_secondary']:.3f} "
+            f"| {m['label']} | {len(m['seeds'])} | {m['area_mean']:.3f} +- {m['area_sd']:.3f} | {m['final']:.3f} | {m['final_secondary']:.3f} "
             f"| {per['model_evaluations']:.0f} | {per['preview_evaluations']:.0f} | {per['vae_decodes']:.0f} "
             f"| {per['backward_rows']:.0f} | {m['total_flops_per_iteration'] / 1e9:.2f} | {m['wall_s_per_iteration']:.2f} "
             f"| {m['clustering_fraction']:.3f} | {m['clip_fraction_off_policy']:.3f} "
@@ -550,6 +553,10 @@ def _read_raw(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, An
 
 def _report(out: Path, runs: dict[str, list[dict[str, Any]]], base: dict[str, Any],
             header: dict[str, Any]) -> dict[str, Any]:
+    if not base:  # a run stopped before the diagnostics came back: measure them now
+        base = base_diagnostics(16 if not header["settings"].get("smoke") else 4, header["settings"])
+        _append(out / "paper_table_runs.jsonl", {"base": base})
+    runs = {arm: arm_runs for arm, arm_runs in runs.items() if arm_runs}  # arms a stopped run never reached
     results = _results(runs, base, header["settings"], header.get("bench_seconds", float("nan")),
                        header["load_start"], header.get("load_end", "n/a"))
     (out / "paper_table.json").write_text(json.dumps(results, indent=1))
