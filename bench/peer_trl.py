@@ -256,7 +256,9 @@ def setup_ours() -> _Runner:
     params = add_lora(denoiser.network, LoraSettings(rank=4, alpha=4.0, target_modules=LORA_TARGETS))
     optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     reward = build_reward("brightness")
-    grpo = GRPOConfig(clip_range=1e-4, adv_clip=5.0, micro_batch_rows=BATCH, timestep_fraction=1.0)
+    # one optimiser step per epoch, as the TRL DDPO run it is compared with (not the default 2)
+    grpo = GRPOConfig(clip_range=1e-4, adv_clip=5.0, micro_batch_rows=BATCH, timestep_fraction=1.0,
+                      updates_per_rollout=1)
     group = IMAGES_PER_EPOCH // len(PROMPTS)
     sample, train = _StepClock(), _StepClock()
     original_step = rollout_module.policy_step

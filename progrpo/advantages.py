@@ -18,8 +18,9 @@ def group_advantages(
     std_mode: str = "group",
     clip: float | None = 5.0,
     eps: float = 1e-6,
+    epsilon: float = 0.0,
 ) -> torch.Tensor:
-    """Advantages ``(R - mean_group) / std`` in float32.
+    """Advantages ``(R - mean_group) / (std + epsilon)`` in float32.
 
     Args:
         rewards: [N] final rewards of the trained (surviving) trajectories.
@@ -27,6 +28,8 @@ def group_advantages(
         std_mode: ``"group"`` (population std of the row's group) or ``"global"`` (of all N).
         clip: advantages are clamped to [-clip, clip] (5 in DDPO/Flow-GRPO); None disables.
         eps: a std below this counts as zero variance.
+        epsilon: added to the std (Flow-GRPO's ``(r - mean) / (std + 1e-4)``): a group whose
+            rewards differ only by classifier noise keeps small advantages instead of |A| ~ 1.
 
     Returns:
         [N] float32; a group (or batch) whose rewards are all equal gets zeros, never NaN.
@@ -50,7 +53,7 @@ def group_advantages(
     else:
         # Flow-GRPO: the std of all raw rewards of the batch, whatever their prompt.
         std = (values - values.mean()).square().mean().sqrt().expand_as(centred)
-    advantages = torch.where(std > eps, centred / std.clamp(min=eps), torch.zeros_like(centred))
+    advantages = torch.where(std > eps, centred / (std.clamp(min=eps) + epsilon), torch.zeros_like(centred))
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return advantages.to(torch.float32)

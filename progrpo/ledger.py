@@ -22,7 +22,10 @@ class ComputeLedger:
     """Counters for one rollout or training iteration (merge several with ``+=``).
 
     ``trajectory_steps``: rows passed through the network (one per live trajectory per step);
-    ``model_evaluations``: the same times the CFG branches (2 with guidance, else 1);
+    ``model_evaluations``: network rows times the CFG branches (2 with guidance, else 1): the
+    trajectory-steps plus ``preview_evaluations``;
+    ``preview_evaluations``: evaluations made only for a checkpoint preview at x_c (the rows the
+    checkpoint then pruned; survivors reuse their call for step c), times the CFG branches;
     ``model_calls``: batched forward calls; ``preview_decodes`` / ``final_decodes``: images decoded;
     ``reward_calls``: images scored; ``backward_rows``: (trajectory, step) rows backpropagated;
     ``flops``: per category, filled only when ``measure_flops`` is on (FlopCounterMode is slow).
@@ -30,6 +33,7 @@ class ComputeLedger:
 
     trajectory_steps: int = 0
     model_evaluations: int = 0
+    preview_evaluations: int = 0
     model_calls: int = 0
     preview_decodes: int = 0
     final_decodes: int = 0
@@ -58,7 +62,7 @@ class ComputeLedger:
         self.flops[category] = self.flops.get(category, 0) + int(counter.get_total_flops())
 
     def __iadd__(self, other: "ComputeLedger") -> "ComputeLedger":
-        for name in ("trajectory_steps", "model_evaluations", "model_calls", "preview_decodes",
+        for name in ("trajectory_steps", "model_evaluations", "preview_evaluations", "model_calls", "preview_decodes",
                      "final_decodes", "reward_calls", "backward_rows"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for category, value in other.flops.items():

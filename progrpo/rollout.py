@@ -1,14 +1,22 @@
 """Expand-and-Prune rollouts: sample an expanded group per prompt, prune it at checkpoints.
 
-Every prompt starts with ``group_size`` (G_max) stochastic trajectories. At each checkpoint of
-the :class:`~progrpo.pruning.PruneSchedule` every live trajectory is previewed -- the clean-sample
-prediction of the network call the step just made (no extra model evaluation), decoded and
-scored by the training reward -- and the selection strategy keeps the target count per prompt;
+Every prompt starts with ``group_size`` (G_max) stochastic trajectories. At each checkpoint c of
+the :class:`~progrpo.pruning.PruneSchedule` every live trajectory is previewed, decoded and
+scored by the training reward, and the selection strategy keeps the target count per prompt;
 the others stop at once (no more steps, no final decode, no loss). Survivors finish, get their
 true final reward and are recorded with everything training needs.
 
+The preview (``RolloutConfig.preview``, registry :data:`PREVIEW_MODES`):
+
+* ``"current"`` (default, the paper's ``x_hat = x_c + (T - t_c) b(x_c)``): the clean-sample
+  prediction of the network call AT x_c, i.e. the call of step c. Survivors reuse that call for
+  their step c, so only the pruned trajectories pay one extra evaluation (counted in the ledger's
+  ``preview_evaluations``);
+* ``"stale"`` (zero cost): the clean-sample prediction of the call step c-1 made at x_(c-1),
+  which never saw that step's noise (rank correlation with the final reward is lower).
+
 Noise is drawn for every trajectory at every step, pruned or not, so a survivor's latents are
-exactly those the same row gets in an unpruned run with the same seed.
+exactly those the same row gets in an unpruned run with the same seed (in either preview mode).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .denoisers.base import Conditioning, Denoiser, guidance_branches
-from .dynamics import get_dynamics, policy_step
+from .dynamics import get_dynamics, policy_step, predicted_x0_and_eps
 from .errors import ProGRPOConfigError
 from .ledger import ComputeLedger
 from .log import logger
@@ -33,6 +41,13 @@ class RewardFunction(Protocol):
     """``score(images [B,3,H,W] in [0,1], prompts) -> Tensor[B]`` (see :mod:`progrpo.rewards`)."""
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+#: ``RolloutConfig.preview`` name -> what it previews (see the module doc).
+PREVIEW_MODES: dict[str, str] = {
+    "current": "x0 predicted at x_c by step c's network call (the paper; survivors reuse the call)",
+    "stale": "x0 predicted at x_(c-1) by step c-1's call (zero extra cost, one step stale)",
+}
 
 
 @dataclass
@@ -59,6 +74,11 @@ class RolloutConfig:
         max_batch_rows: rows per network call and per VAE decode (bounds memory); None = all live rows at once.
         keep_images: keep the survivors' decoded final images in the record.
         measure_flops: count FLOPs per category in the ledger (slower).
+        preview: how a checkpoint previews, a name in :data:`PREVIEW_MODES`: ``"current"`` (the
+            paper: x0 predicted at x_c by step c's call, which survivors reuse) or ``"stale"`` (x0
+            of step c-1's call, zero extra cost). See the module doc.
+        shared_initial_noise: every trajectory of a prompt starts from the same initial noise
+            (DanceGRPO); they differ only by the SDE noise of the steps.
     """
 
     group_size: int = 8
@@ -76,6 +96,8 @@ class RolloutConfig:
     max_batch_rows: int | None = None
     keep_images: bool = True
     measure_flops: bool = False
+    preview: str = "current"
+    shared_initial_noise: bool = False
 
     def __post_init__(self) -> None:
         for name in ("group_size", "num_steps", "height", "width"):
@@ -115,6 +137,10 @@ class RolloutConfig:
             raise ProGRPOConfigError(f"max_batch_rows={self.max_batch_rows} must be >= 1 or None.")
         if self.guidance_scale < 0:
             raise ProGRPOConfigError(f"guidance_scale={self.guidance_scale} must be >= 0.")
+        if self.preview not in PREVIEW_MODES:
+            raise ProGRPOConfigError(f"preview={self.preview!r} is unknown; use one of {list(PREVIEW_MODES)}.")
+        if not isinstance(self.shared_initial_noise, bool):
+            raise ProGRPOConfigError(f"shared_initial_noise={self.shared_initial_noise!r} must be true or false.")
 
     @property
     def final_group_size(self) -> int:
@@ -262,6 +288,41 @@ def _conditioning_device(conditioning: Conditioning) -> torch.device:
     return next(iter(conditioning.positive.values())).device
 
 
+def _initial_noise(config: RolloutConfig, noise_shape: tuple[int, ...], group_size: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Initial latents [P_total * G, C, H, W]; with ``shared_initial_noise`` one draw per prompt, repeated G times."""
+    if not config.shared_initial_noise:
+        return torch.randn(noise_shape, generator=generator)
+    per_prompt = torch.randn((noise_shape[0] // group_size, *noise_shape[1:]), generator=generator)
+    return per_prompt.repeat_interleave(group_size, dim=0)
+
+
+class _NetworkCalls:
+    """The rollout's network calls at one step for the live rows, counted in the ledger."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, config: RolloutConfig, ledger: ComputeLedger,
+                 branches: int, device: torch.device) -> None:
+        self.denoiser, self.schedule, self.config = denoiser, schedule, config
+        self.ledger, self.branches, self.device = ledger, branches, device
+
+    def predict(self, sample: torch.Tensor, step: int, conditioning: Conditioning) -> torch.Tensor:
+        """Network output [B, C, H, W] (float32) for step ``step`` at ``sample``; counts evaluations and calls."""
+        rows = sample.shape[0]
+        with self.ledger.count_flops("sampling"):
+            output = predict_rows(
+                self.denoiser, sample, self.schedule.timesteps_for(torch.full((rows,), step)).to(self.device),
+                conditioning, self.config.guidance_scale, self.config.max_batch_rows,
+            )
+        self.ledger.model_evaluations += rows * self.branches
+        self.ledger.model_calls += -(-rows // (self.config.max_batch_rows or rows))
+        return output
+
+    def clean_sample(self, output: torch.Tensor, sample: torch.Tensor, step: int) -> torch.Tensor:
+        """The clean-sample prediction x0 [B, C, H, W] of ``output`` at ``sample`` for step ``step``."""
+        coeffs = self.schedule.coefficients(torch.full((sample.shape[0],), step), self.device)
+        return predicted_x0_and_eps(output.float(), sample.float(), coeffs)[0]
+
+
 @torch.no_grad()
 def expand_and_prune_rollout(
     denoiser: Denoiser,
@@ -310,7 +371,7 @@ def expand_and_prune_rollout(
     own_rows = slice(shard.prompt_offset * group_size, shard.prompt_offset * group_size + total)
     prompt_of = torch.arange(num_prompts).repeat_interleave(group_size)
     live = torch.arange(total)
-    history = [torch.randn(noise_shape, generator=noise_generator)[own_rows].to(device)]
+    history = [_initial_noise(config, noise_shape, group_size, noise_generator)[own_rows].to(device)]
     log_probs: list[torch.Tensor] = []
     step_std = torch.zeros(num_steps)
     preview_rewards = torch.full((len(checkpoints), total), float("nan"))
@@ -318,22 +379,20 @@ def expand_and_prune_rollout(
     std_before = torch.zeros(len(checkpoints))
     std_after = torch.zeros(len(checkpoints))
     live_conditioning = conditioning.take(prompt_of)
+    network = _NetworkCalls(denoiser, schedule, config, ledger, branches, device)
+    cached_output: torch.Tensor | None = None  # step's network output at history[-1], from a "current" preview
 
     for step in range(num_steps):
         step_noise = torch.randn(noise_shape, generator=noise_generator)[own_rows].to(device)[live]
         rows = live.shape[0]
+        output = network.predict(history[-1], step, live_conditioning) if cached_output is None else cached_output
         with ledger.count_flops("sampling"):
-            output = predict_rows(
-                denoiser, history[-1], schedule.timesteps_for(torch.full((rows,), step)).to(device),
-                live_conditioning, config.guidance_scale, config.max_batch_rows,
-            )
             result = policy_step(
                 config.dynamics, output, history[-1], schedule.coefficients(torch.full((rows,), step), device),
                 float(noise_levels[step]), noise=step_noise,
             )
+        cached_output = None
         ledger.trajectory_steps += rows
-        ledger.model_evaluations += rows * branches
-        ledger.model_calls += -(-rows // (config.max_batch_rows or rows))
         step_std[step] = float(result.std[0])
         history.append(result.next_sample)
         log_probs.append(result.log_prob)
@@ -341,8 +400,13 @@ def expand_and_prune_rollout(
         slot = checkpoint_slot.get(step + 1)
         if slot is not None:
             keep = checkpoints[slot][1]
+            if config.preview == "current":  # the paper: x0 predicted at x_c by step c's call
+                cached_output = network.predict(history[-1], step + 1, live_conditioning)
+                clean = network.clean_sample(cached_output, history[-1], step + 1)
+            else:  # stale: the x0 of the call just made at x_(c-1)
+                clean = result.x0_pred
             with ledger.count_flops("decode"):
-                previews = decode_rows(denoiser, result.x0_pred, config.max_batch_rows)
+                previews = decode_rows(denoiser, clean, config.max_batch_rows)
             with ledger.count_flops("reward"):
                 proxy = _score(reward, previews, live_conditioning.prompts)
             ledger.preview_decodes += rows
@@ -361,6 +425,9 @@ def expand_and_prune_rollout(
             history = [latents[kept_device] for latents in history]
             log_probs = [values[kept_device] for values in log_probs]
             live_conditioning = live_conditioning.take(kept)
+            if cached_output is not None:  # survivors reuse the call; the pruned rows' evaluation was extra
+                cached_output = cached_output[kept_device]
+                ledger.preview_evaluations += int(dropped.sum()) * branches
             logger.debug("checkpoint %d: kept %d of %d per prompt", step + 1, positions.shape[1], per_group.shape[1])
         if progress is not None:
             progress(step + 1, num_steps)

@@ -2,6 +2,14 @@
 
 The GenEval analogue of the embedded digits generators (``progrpo/embedded``): the score of an
 image is the classifier's probability (or log-probability) of the digit its prompt names.
+
+The probability is nearly binary on the digits model (most base-policy samples score < 0.05 or
+> 0.95), so few trajectories cluster around a group's mean and OVF has little to remove. Two
+continuous scores keep the ranking and spread the values (registered as their own rewards):
+
+* ``digit_logit_margin``: the prompt digit's logit minus the largest other logit;
+* ``digit_tempered_log_prob``: ``log softmax(logits / temperature)`` of the prompt digit
+  (temperature 4 by default), a log-probability that does not saturate at 0.
 A prompt names its digit once, as a numeral or a word ("a handwritten digit 7", "a seven");
 a prompt that names no digit, or several different ones, is an error that quotes the prompt.
 The score is differentiable with respect to the pixels.
@@ -20,7 +28,34 @@ from .base import BaseReward, register_reward
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT_PATTERN = re.compile(r"(?<![0-9])([0-9])(?![0-9])|\b(" + "|".join(DIGIT_WORDS) + r")\b", re.IGNORECASE)
-MODES = ("probability", "log_probability")
+
+
+def _probability(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=1).gather(1, targets[:, None])[:, 0].exp()
+
+
+def _log_probability(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+
+
+def _tempered_log_probability(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.log_softmax(logits / temperature, dim=1).gather(1, targets[:, None])[:, 0]
+
+
+def _logit_margin(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    target = logits.gather(1, targets[:, None])[:, 0]
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return target - others.max(dim=1).values
+
+
+#: ``mode`` -> score of the prompt digit from the logits [B, 10] and targets [B] -> [B].
+MODE_SCORES = {
+    "probability": _probability,
+    "log_probability": _log_probability,
+    "tempered_log_probability": _tempered_log_probability,
+    "logit_margin": _logit_margin,
+}
+MODES = tuple(MODE_SCORES)
 
 
 def prompt_digit(prompt: str) -> int:
@@ -53,9 +88,14 @@ class DigitAlignmentReward(BaseReward):
     name = "digit_alignment"
     differentiable = True
 
-    def __init__(self, path: str | Path | None = None, mode: str = "probability") -> None:
+    def __init__(self, path: str | Path | None = None, mode: str = "probability", temperature: float = 4.0) -> None:
         if mode not in MODES:
             raise ProGRPOConfigError(f"reward 'digit_alignment': mode={mode!r} is unknown; use one of {MODES}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ProGRPOConfigError(
+                f"reward 'digit_alignment': temperature={temperature!r} must be a number > 0 (e.g. 4)."
+            )
+        self.temperature = float(temperature)
         if path is None:
             from ..embedded import embedded_model_path
 
@@ -70,8 +110,7 @@ class DigitAlignmentReward(BaseReward):
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         targets = self.targets(prompts).to(images.device)
         classifier = self.classifier.to(images.device)
-        log_probs = torch.log_softmax(classifier(images), dim=1).gather(1, targets[:, None])[:, 0]
-        return log_probs if self.mode == "log_probability" else log_probs.exp()
+        return MODE_SCORES[self.mode](classifier(images), targets, self.temperature)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -80,6 +119,22 @@ class DigitAlignmentReward(BaseReward):
 
 
 @register_reward("digit_alignment")
-def digit_alignment(path: str | None = None, mode: str = "probability") -> DigitAlignmentReward:
+def digit_alignment(path: str | None = None, mode: str = "probability", temperature: float = 4.0) -> DigitAlignmentReward:
     """Embedded digit classifier's probability (``mode="log_probability"``: log) of the prompt's digit."""
-    return DigitAlignmentReward(path, mode)
+    return DigitAlignmentReward(path, mode, temperature)
+
+
+@register_reward("digit_logit_margin")
+def digit_logit_margin(path: str | None = None) -> DigitAlignmentReward:
+    """Prompt digit's classifier logit minus the largest other logit (continuous; > 0 when classified right)."""
+    reward = DigitAlignmentReward(path, "logit_margin")
+    reward.name = "digit_logit_margin"
+    return reward
+
+
+@register_reward("digit_tempered_log_prob")
+def digit_tempered_log_prob(path: str | None = None, temperature: float = 4.0) -> DigitAlignmentReward:
+    """``log softmax(logits / temperature)`` of the prompt digit (continuous; temperature 4 by default)."""
+    reward = DigitAlignmentReward(path, "tempered_log_probability", temperature)
+    reward.name = "digit_tempered_log_prob"
+    return reward

@@ -26,6 +26,8 @@ from ..denoisers.loading import validate_model_spec
 from ..errors import ProGRPOConfigError
 from ..lora import LoraSettings
 from ..rollout import RolloutConfig
+from .loss import KL_FORMS
+from .timesteps import TIMESTEP_RULES
 
 #: ``model`` dtypes by name.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -124,14 +126,40 @@ class GRPOConfig:
         adv_clip: advantages are clamped to ``[-adv_clip, adv_clip]`` (5 in DDPO/Flow-GRPO); None disables.
         std_mode: advantage scale, ``"group"`` (per-prompt std, GRPO/DanceGRPO/Pro-GRPO) or
             ``"global"`` (std of the whole batch, Flow-GRPO's ``global_std``).
-        kl_beta: weight of the KL to the base model (LoRA disabled); Flow-GRPO uses 0.01-0.04, 0 skips
-            the reference forward entirely.
-        timestep_fraction: fraction of the rollout's stochastic steps trained per trajectory,
-            drawn per iteration with a seeded generator (DDPO's per-sample permutation); 1.0 = all.
+        kl_beta: weight of the KL to the base model (LoRA disabled); 0 skips the reference forward
+            entirely. Flow-GRPO uses 0.01-0.04 WITH ``kl_form="flow_grpo"``: those values carry over
+            only in that form (see ``kl_form``).
+        kl_form: how the per-step KL is scaled, a name in :data:`progrpo.train.loss.KL_FORMS`.
+            ``"exact"``: the Gaussian KL ``|mu - mu_ref|^2 / (2 std^2)`` with the step's std
+            (which holds ``sqrt|dt|`` for flow dynamics). ``"flow_grpo"``: Flow-GRPO's
+            ``train_sd3.py``, ``|mu - mu_ref|^2 / (2 std_dev_t^2)`` with ``std_dev_t`` WITHOUT the
+            ``sqrt|dt|`` factor, i.e. ``exact * |dt|`` (about 1/9 of exact at 10 uniform steps);
+            for VP schedules (no dt) both forms are the exact KL. Same beta, exact form: ~1/|dt|
+            times stronger.
+        timestep_fraction: fraction of the candidate steps trained per trajectory:
+            ``max(1, int(K * timestep_fraction))`` of the K candidates (Flow-GRPO's
+            ``int(num_steps * timestep_fraction)``); 1.0 = all candidates.
+        timestep_rule: which candidate steps are trained, a name in
+            :data:`progrpo.train.timesteps.TIMESTEP_RULES`: ``"first"`` (Flow-GRPO / DanceGRPO: the
+            first ones, the same for every trajectory) or ``"random"`` (DDPO: each trajectory its own
+            random subset, drawn with a seeded generator).
+        train_last_step: also train the last sampler step of a FLOW schedule. Its std is tiny (the
+            step to sigma 0, std ~7e-4 at 10 steps) and its score-function weight the largest, so
+            Flow-GRPO (timestep_fraction 0.99) and DanceGRPO never train it; False (default) drops
+            it from the candidates. No effect on VP schedules.
+        updates_per_rollout: optimiser steps per rollout and inner epoch: the trained (trajectory,
+            step) pairs are shuffled and split into this many disjoint minibatches, one step each
+            (Flow-GRPO: 2, "gradients are updated twice per epoch"). From the second on the policy
+            is off-policy, so the ratio leaves 1 and the clip binds. 1 = one step (REINFORCE-like).
+        inner_epochs: passes over the pairs per rollout (DDPO/Flow-GRPO ``num_inner_epochs``, 1).
         micro_batch_rows: (trajectory, step) rows per forward/backward; gradients accumulate over
             micro-batches, so peak memory does not grow with the group size.
+        adv_epsilon: added to the std in the advantage ``(R - mean) / (std + adv_epsilon)``
+            (Flow-GRPO: 1e-4) so tiny within-group differences (classifier noise) are not blown up to |A| ~ 1.
         ema_decay: decay of an exponential moving average of the LoRA weights (Flow-GRPO: 0.9 with
-            warm-up); the EMA weights are what gets exported. None disables it.
+            warm-up); the EMA weights are exported and used by ``Trainer.evaluate``. None disables it.
+        ema_update_interval: the EMA is updated every this many optimiser steps (Flow-GRPO's
+            ``update_step_interval``: 8).
         loss_scale: the loss is multiplied by this before backward and the float32 LoRA gradients
             divided by it after (the update is unchanged); > 1 keeps fp16-computed gradients out of
             fp16's subnormal range (:func:`progrpo.train.precision.loss_scale_for` gives the
@@ -142,9 +170,16 @@ class GRPOConfig:
     adv_clip: float | None = 5.0
     std_mode: str = "group"
     kl_beta: float = 0.0
+    kl_form: str = "flow_grpo"
     timestep_fraction: float = 1.0
+    timestep_rule: str = "first"
+    train_last_step: bool = False
+    updates_per_rollout: int = 2
+    inner_epochs: int = 1
     micro_batch_rows: int = 8
+    adv_epsilon: float = 1e-4
     ema_decay: float | None = None
+    ema_update_interval: int = 8
     loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -171,6 +206,27 @@ class GRPOConfig:
             raise ProGRPOConfigError(f"grpo.micro_batch_rows={self.micro_batch_rows!r} must be an integer >= 1.")
         if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0.0 < self.ema_decay < 1.0):
             raise ProGRPOConfigError(f"grpo.ema_decay={self.ema_decay!r} must be in (0, 1) (e.g. 0.9), or null.")
+        self._check_update_regime()
+
+    def _check_update_regime(self) -> None:
+        """Validate the fields added for the baselines' update regime (issue 14)."""
+        if self.kl_form not in KL_FORMS:
+            raise ProGRPOConfigError(f"grpo.kl_form={self.kl_form!r} is unknown; use one of {sorted(KL_FORMS)}.")
+        if self.timestep_rule not in TIMESTEP_RULES:
+            raise ProGRPOConfigError(
+                f"grpo.timestep_rule={self.timestep_rule!r} is unknown; use one of {sorted(TIMESTEP_RULES)}."
+            )
+        if not isinstance(self.train_last_step, bool):
+            raise ProGRPOConfigError(f"grpo.train_last_step={self.train_last_step!r} must be true or false.")
+        for name in ("updates_per_rollout", "inner_epochs", "ema_update_interval"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ProGRPOConfigError(f"grpo.{name}={value!r} must be an integer >= 1.")
+        if not _is_number(self.adv_epsilon) or self.adv_epsilon < 0:
+            raise ProGRPOConfigError(
+                f"grpo.adv_epsilon={self.adv_epsilon!r} must be a number >= 0; Flow-GRPO uses 1e-4."
+            )
+        self.adv_epsilon = float(self.adv_epsilon)
         self.clip_range, self.kl_beta = float(self.clip_range), float(self.kl_beta)
         self.timestep_fraction = float(self.timestep_fraction)
         self.loss_scale = float(self.loss_scale)
@@ -193,7 +249,8 @@ class TrainConfig:
             (objects with a ``"prompt"`` key) file; read when training starts.
         prompts_per_iteration: prompts (groups) sampled per iteration (without replacement when
             there are enough prompts).
-        iterations: rollout + update rounds in all (one optimiser step each).
+        iterations: rollout + update rounds in all (``grpo.updates_per_rollout * grpo.inner_epochs``
+            optimiser steps each).
         rollout: how each group is sampled and pruned; its ``seed`` is replaced per iteration by one
             derived from ``seed`` and the iteration.
         lora: rank, alpha, targets of the trained LoRA.

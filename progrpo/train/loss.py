@@ -65,3 +65,35 @@ def clip_fraction(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, clip_r
     _check_rows(log_prob_new=log_prob_new, log_prob_old=log_prob_old)
     ratio = torch.exp(log_ratio(log_prob_new, log_prob_old))
     return ((ratio - 1.0).abs() > clip_range).float()
+
+
+# --- KL to the reference policy --------------------------------------------------------------
+
+
+def kl_exact(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """Exact ``KL(N(mean, std^2) || N(reference_mean, std^2))`` per dimension, averaged -> [B].
+
+    ``mean``, ``reference_mean`` [B, ...]; ``std`` [B] the step's std (for flow SDEs it holds
+    ``sqrt|dt|``); ``dt`` [B] unused (kept so every form has one signature). Rows with std 0 give 0.
+    """
+    del dt
+    stochastic = std > 0
+    safe_std = torch.where(stochastic, std, torch.ones_like(std)).float()
+    shape = (-1,) + (1,) * (mean.ndim - 1)
+    squared = (mean.float() - reference_mean.float()).square() / (2.0 * safe_std.view(shape).square())
+    kl = squared.flatten(1).mean(1)
+    return torch.where(stochastic, kl, torch.zeros_like(kl))
+
+
+def kl_flow_grpo(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """Flow-GRPO's KL (``train_sd3.py``): ``mean((mu - mu_ref)^2) / (2 std_dev_t^2)`` -> [B].
+
+    Flow-GRPO's ``std_dev_t`` is the SDE's diffusion coefficient WITHOUT ``sqrt|dt|``, so this is
+    :func:`kl_exact` times ``|dt|`` (``dt`` [B]: the step's sigma change for SDE dynamics whose std
+    holds ``sqrt|dt|``, else 1). Flow-GRPO's beta values (0.01-0.04) mean what they say only here.
+    """
+    return kl_exact(mean, reference_mean, std, dt) * dt.float().abs()
+
+
+#: ``GRPOConfig.kl_form`` name -> per-row KL ``(mean, reference_mean, std [B], dt [B]) -> [B]``.
+KL_FORMS = {"exact": kl_exact, "flow_grpo": kl_flow_grpo}

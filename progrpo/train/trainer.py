@@ -6,8 +6,9 @@ Per iteration ``k`` (all randomness derived from ``config.seed`` and ``k``, see 
 2. Expand-and-Prune rollout (:func:`progrpo.rollout.expand_and_prune_rollout`): ``group_size``
    trajectories per prompt, pruned at the schedule's checkpoints, survivors scored;
 3. group-relative advantages over the survivors of each prompt;
-4. :func:`progrpo.train.update.grpo_update`: one AdamW step on the LoRA weights;
-5. lr schedule step, EMA update, one JSON line in ``metrics.jsonl``, checkpoint when due.
+4. :func:`progrpo.train.update.grpo_update`: ``updates_per_rollout * inner_epochs`` AdamW steps on
+   the LoRA weights (disjoint minibatches), each followed by an lr schedule step and an EMA update;
+5. one JSON line in ``metrics.jsonl``, checkpoint when due.
 
 The trainer owns its global RNG state (restored around each iteration), so code running between
 iterations cannot change its results and it does not disturb the caller's RNG. The output folder
@@ -186,7 +187,7 @@ class Trainer:
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, optim.lr_lambda())
         decay = self.config.grpo.ema_decay
-        self.ema = LoraEMA(self.params, decay) if decay is not None else None
+        self.ema = LoraEMA(self.params, decay, self.config.grpo.ema_update_interval) if decay is not None else None
         self.iteration = 0
         self.optimizer_steps = 0
         self.bad_iterations = BadIterations(self.config.max_bad_iterations)
@@ -256,7 +257,8 @@ class Trainer:
             # advantages over the global batch (rank-major = single-process order), this rank's rows kept
             rewards = distributed.all_gather(rollout.final_rewards)
             groups = distributed.all_gather(rollout.prompt_index + shard.prompt_offset)
-            all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip)
+            all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip,
+                                              epsilon=grpo.adv_epsilon)
             check_finite("advantages", all_advantages, "advantages")
             first = distributed.rank * rollout.num_survivors
             advantages = all_advantages[first: first + rollout.num_survivors]
@@ -264,13 +266,12 @@ class Trainer:
             update = grpo_update(
                 self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
                 _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip, adapter=self.adapter,
-                distributed=distributed,
+                distributed=distributed, lr_scheduler=self.lr_scheduler, ema=self.ema,
             )
+            if update["step_skipped"]:
+                self._stepped = False  # grpo_update restored the weights, optimiser, lr and EMA
             check_update(update)  # a skipped step skips the whole iteration (no lr/EMA step either)
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.update()
-        self.optimizer_steps += 1
+        self.optimizer_steps += int(update["optimizer_steps"])
         self.iteration += 1
         self._stepped = False
         record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)
@@ -333,18 +334,24 @@ class Trainer:
     # --- evaluation ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, samples_per_prompt: int = 8, seed: int = 12345, prompts: list[str] | None = None) -> torch.Tensor:
+    def evaluate(self, samples_per_prompt: int = 8, seed: int = 12345, prompts: list[str] | None = None,
+                 rollout: dict[str, Any] | None = None) -> torch.Tensor:
         """Final rewards [P * samples_per_prompt] of the current policy on fixed seeds (no pruning).
 
         Uses the training sampler (same steps, dynamics, guidance, size) with ``seed``; the same
-        ``seed`` before and after training compares the policies on identical noise.
+        ``seed`` before and after training compares the policies on identical noise. ``rollout``
+        overrides fields of that sampler (e.g. ``{"dynamics": "ode"}`` for the deterministic sampler,
+        ``{"shared_initial_noise": False}``). With EMA on, the EMA weights are evaluated (Flow-GRPO
+        evaluates its EMA), the trained ones restored after.
         """
         config = dataclasses.replace(
             self.config.rollout, group_size=samples_per_prompt, prune_schedule=None, final_keep=None, selection="none",
-            seed=seed, keep_images=False,
+            seed=seed, keep_images=False, **(rollout or {}),
         )
         conditioning = self.denoiser.encode_prompts(prompts or self.prompts, self.config.negative_prompt)
-        return expand_and_prune_rollout(self.denoiser, conditioning, self.reward, config).final_rewards
+        weights = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with weights:
+            return expand_and_prune_rollout(self.denoiser, conditioning, self.reward, config).final_rewards
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -49,3 +49,15 @@ def test_bad_inputs():
         group_advantages(torch.ones(2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ProGRPOConfigError, match="NaN or inf"):
         group_advantages(torch.tensor([1.0, float("nan")]), torch.zeros(2, dtype=torch.long))
+
+
+def test_advantage_epsilon_damps_tiny_differences():
+    """Flow-GRPO's (R - mean) / (std + 1e-4): rewards 0 and 1e-4 have std 5e-5, so A = +-5e-5 / 1.5e-4 = +-1/3
+    instead of +-1; a real spread (std 0.5) is changed by only 2e-4 relative."""
+    groups = torch.zeros(2, dtype=torch.long)
+    tiny = torch.tensor([0.0, 1e-4])
+    torch.testing.assert_close(group_advantages(tiny, groups, clip=None), torch.tensor([-1.0, 1.0]))
+    torch.testing.assert_close(group_advantages(tiny, groups, clip=None, epsilon=1e-4),
+                               torch.tensor([-1.0 / 3.0, 1.0 / 3.0]))
+    wide = group_advantages(torch.tensor([0.0, 1.0]), groups, clip=None, epsilon=1e-4)
+    torch.testing.assert_close(wide, torch.tensor([-0.5 / 0.5001, 0.5 / 0.5001]))

@@ -129,3 +129,30 @@ def test_reward_is_registered_bounded_and_differentiable(reward: DigitAlignmentR
     torch.testing.assert_close(log_scores, scores.detach().log(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ProGRPOConfigError, match="mode"):
         build_reward("digit_alignment", mode="logits")
+
+
+def test_continuous_digit_rewards_against_hand_values():
+    """Logit margin and tempered log-probability of the prompt digit from known logits, and their registry names."""
+    from progrpo.rewards import REWARDS, build_reward
+    from progrpo.rewards.digits import MODE_SCORES
+
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+    targets = torch.tensor([0, 2])
+    # margin: target logit minus the largest other one
+    torch.testing.assert_close(MODE_SCORES["logit_margin"](logits, targets, 4.0), torch.tensor([1.0, -4.0]))
+    # tempered: log softmax(logits / 2) at the target, by hand
+    row0 = 1.0 - torch.log(torch.exp(torch.tensor(1.0)) + torch.exp(torch.tensor(0.25)) + torch.exp(torch.tensor(0.5)))
+    row1 = -0.5 - torch.log(torch.exp(torch.tensor(0.0)) + torch.exp(torch.tensor(1.5)) + torch.exp(torch.tensor(-0.5)))
+    torch.testing.assert_close(MODE_SCORES["tempered_log_probability"](logits, targets, 2.0), torch.stack([row0, row1]))
+    assert {"digit_logit_margin", "digit_tempered_log_prob"} <= set(REWARDS)
+    images = torch.rand(3, 3, 16, 16)
+    prompts = ["a handwritten digit 1", "a handwritten digit 7", "a seven"]
+    reward = build_reward("digit_logit_margin")
+    logits = reward.classifier(images)
+    target = torch.tensor([1, 7, 7])
+    others = logits.scatter(1, target[:, None], float("-inf")).max(dim=1).values
+    torch.testing.assert_close(reward.score(images, prompts), logits.gather(1, target[:, None])[:, 0] - others)
+    tempered = build_reward("digit_tempered_log_prob", temperature=4.0).score(images, prompts)
+    torch.testing.assert_close(tempered, torch.log_softmax(logits / 4.0, dim=1).gather(1, target[:, None])[:, 0])
+    with pytest.raises(ProGRPOConfigError, match="temperature"):
+        build_reward("digit_tempered_log_prob", temperature=0)

@@ -41,18 +41,25 @@ def brightness():
     return build_reward("brightness")
 
 
-def test_ledger_counts_exactly_the_trajectory_steps_of_the_funnel():
-    """Schedule 8 -> 4 -> 2 at steps c1=3, c2=6 of 10: 8*c1 + 4*(c2-c1) + 2*(10-c2) per prompt."""
+@pytest.mark.parametrize("preview", ["current", "stale"])
+def test_ledger_counts_exactly_the_trajectory_steps_of_the_funnel(preview):
+    """Schedule 8 -> 4 -> 2 at steps c1=3, c2=6 of 10: 8*c1 + 4*(c2-c1) + 2*(10-c2) trajectory-steps per
+    prompt. The x_c preview adds one evaluation per PRUNED row at each checkpoint (8-4 at c1, 4-2 at c2):
+    survivors reuse theirs for step c. The stale preview adds nothing."""
     denoiser = GaussianDenoiser(torch.zeros(3), torch.eye(3))
     counted_rows = []
     original = denoiser.predict
     denoiser.predict = lambda sample, *rest: (counted_rows.append(sample.shape[0]), original(sample, *rest))[1]
-    config = RolloutConfig(group_size=8, num_steps=10, prune_schedule="3:4, 6:2", dynamics="flow_sde")
+    config = RolloutConfig(group_size=8, num_steps=10, prune_schedule="3:4, 6:2", dynamics="flow_sde",
+                           preview=preview)
     rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(PROMPTS), build_reward("brightness"), config)
     per_prompt = 8 * 3 + 4 * (6 - 3) + 2 * (10 - 6)
-    assert sum(counted_rows) == len(PROMPTS) * per_prompt  # what the model really saw
+    extra = (8 - 4) + (4 - 2) if preview == "current" else 0
+    assert sum(counted_rows) == len(PROMPTS) * (per_prompt + extra)  # what the model really saw
     assert rollout.ledger.trajectory_steps == len(PROMPTS) * per_prompt
-    assert rollout.ledger.model_evaluations == len(PROMPTS) * per_prompt  # no CFG branch here
+    assert rollout.ledger.preview_evaluations == len(PROMPTS) * extra
+    assert rollout.ledger.model_evaluations == len(PROMPTS) * (per_prompt + extra)  # no CFG branch here
+    assert len(counted_rows) == 10  # one call per step either way: the preview call IS step c's call
     assert rollout.ledger.preview_decodes == len(PROMPTS) * (8 + 4)
     assert rollout.ledger.final_decodes == len(PROMPTS) * 2
     assert rollout.ledger.reward_calls == len(PROMPTS) * (8 + 4 + 2)
@@ -60,22 +67,76 @@ def test_ledger_counts_exactly_the_trajectory_steps_of_the_funnel():
     assert (rollout.pruned_at == 3).sum() == len(PROMPTS) * 4 and (rollout.pruned_at == 6).sum() == len(PROMPTS) * 2
 
 
-def test_ledger_counts_cfg_branches_on_a_real_network(sd_denoiser, brightness):
+@pytest.mark.parametrize("preview", ["current", "stale"])
+def test_ledger_counts_cfg_branches_on_a_real_network(sd_denoiser, brightness, preview):
     counter = RowCounter(sd_denoiser.network)
     config = RolloutConfig(group_size=4, num_steps=5, dynamics="ddim", guidance_scale=3.0,
-                           prune_schedule="2:2", height=32, width=32, measure_flops=True)
+                           prune_schedule="2:2", height=32, width=32, measure_flops=True, preview=preview)
     rollout = expand_and_prune_rollout(sd_denoiser, sd_denoiser.encode_prompts(PROMPTS[:2]), brightness, config)
     trajectory_steps = 2 * (4 * 2 + 2 * 3)
+    extra = 2 * (4 - 2) * 2 if preview == "current" else 0  # 2 prompts x 2 pruned rows x 2 CFG branches
     assert rollout.ledger.trajectory_steps == trajectory_steps
-    assert rollout.ledger.model_evaluations == 2 * trajectory_steps == counter.rows
+    assert rollout.ledger.preview_evaluations == extra
+    assert rollout.ledger.model_evaluations == 2 * trajectory_steps + extra == counter.rows
     assert rollout.ledger.model_calls == counter.calls == 5
     assert rollout.ledger.flops["sampling"] > 0 and rollout.ledger.flops["decode"] > 0
 
 
-def test_pruned_survivors_equal_the_same_rows_of_an_unpruned_run(sd_denoiser, brightness):
-    """Different prompt per group: pruning must slice conditioning, latents and noise to the survivors."""
+def test_current_preview_is_the_clean_sample_predicted_at_x_c(sd_denoiser):
+    """The preview at checkpoint c scores x0 predicted by the network AT x_c (step c's call), which the
+    stale mode does not: re-derive both by hand from the stored survivors' latents."""
+    from progrpo.dynamics import predicted_x0_and_eps
+
+    recorded: list[torch.Tensor] = []
+
+    def reward(images, prompts):
+        recorded.append(images.clone())
+        return images.mean(dim=(1, 2, 3))
+
+    conditioning = sd_denoiser.encode_prompts(PROMPTS[:2])
+    common = dict(group_size=4, num_steps=5, dynamics="ddim", height=32, width=32, seed=5, prune_schedule="2:2",
+                  selection="none")  # selection none: every row survives, so every preview row is stored
+    previews = {}
+    for preview, step in (("current", 2), ("stale", 1)):
+        recorded.clear()
+        rollout = expand_and_prune_rollout(sd_denoiser, conditioning, reward, RolloutConfig(**common, preview=preview))
+        rows = rollout.num_survivors
+        steps = torch.full((rows,), step)
+        live = conditioning.take(rollout.prompt_index)
+        with torch.no_grad():
+            output = sd_denoiser.predict(rollout.latents[:, step], rollout.schedule.timesteps_for(steps), live, 1.0)
+            clean = predicted_x0_and_eps(output.float(), rollout.latents[:, step].float(),
+                                         rollout.schedule.coefficients(steps))[0]
+            expected = sd_denoiser.decode(clean)
+        assert (recorded[0] - expected).abs().max() <= 1e-5, preview
+        torch.testing.assert_close(rollout.preview_rewards[0], expected.mean(dim=(1, 2, 3)), atol=1e-6, rtol=0)
+        previews[preview] = recorded[0]
+    # the two modes really differ (by far more than the 1e-5 tolerance above)
+    assert (previews["current"] - previews["stale"]).abs().max() > 1e-3
+
+
+def test_shared_initial_noise_gives_each_group_one_start():
+    denoiser = GaussianDenoiser(torch.zeros(3), torch.eye(3))
+    common = dict(group_size=4, num_steps=3, dynamics="flow_sde", seed=2, keep_images=False)
+    conditioning = denoiser.encode_prompts(PROMPTS[:2])
+    shared = expand_and_prune_rollout(denoiser, conditioning, build_reward("brightness"),
+                                      RolloutConfig(**common, shared_initial_noise=True))
+    own = expand_and_prune_rollout(denoiser, conditioning, build_reward("brightness"), RolloutConfig(**common))
+    start = shared.latents[:, 0]
+    for prompt in range(2):
+        group = start[shared.prompt_index == prompt]
+        assert torch.equal(group, group[:1].expand_as(group))  # one start per prompt
+    assert not torch.equal(start[0], start[4])  # different prompts, different starts
+    assert not torch.equal(own.latents[0, 0], own.latents[1, 0])  # default: every trajectory its own
+    assert not torch.equal(shared.latents[0, 1], shared.latents[1, 1])  # the SDE noise still differs
+
+
+@pytest.mark.parametrize("preview", ["current", "stale"])
+def test_pruned_survivors_equal_the_same_rows_of_an_unpruned_run(sd_denoiser, brightness, preview):
+    """Different prompt per group: pruning must slice conditioning, latents and noise to the survivors;
+    with the x_c preview the survivors' reused step-c call must give the unpruned run's step c."""
     conditioning = sd_denoiser.encode_prompts(PROMPTS)
-    common = dict(group_size=6, num_steps=6, dynamics="ddim", height=32, width=32, seed=11)
+    common = dict(group_size=6, num_steps=6, dynamics="ddim", height=32, width=32, seed=11, preview=preview)
     full = expand_and_prune_rollout(sd_denoiser, conditioning, brightness, RolloutConfig(**common))
     pruned = expand_and_prune_rollout(
         sd_denoiser, conditioning, brightness, RolloutConfig(**common, prune_schedule="2:4, 4:2")

@@ -26,6 +26,10 @@ from progrpo.train.trainer import load_model
 pytestmark = pytest.mark.slow  # real training runs of a few seconds each
 
 
+#: optimiser steps per completed iteration (GRPOConfig.updates_per_rollout x inner_epochs of digits_config)
+STEPS_PER_ITERATION = 2
+
+
 def _checkpoint(folder: Path, k: int) -> Path:
     return folder / "checkpoints" / f"iter_{k}"
 
@@ -47,12 +51,13 @@ def _assert_skipped(folder: Path, skipped: int, quantity: str, iterations: int, 
         for name, value in state.items():
             assert torch.equal(value, optimizer_after["state"][index][name]), f"Adam {name} moved"
     assert verifier.lr_scheduler.state_dict() == lr_before
-    assert verifier.optimizer_steps == skipped
+    assert verifier.optimizer_steps == skipped * STEPS_PER_ITERATION
     # the run went on: the next iteration trained
     moved = lora_of(_checkpoint(folder, skipped + 2), verifier)
     assert any(not torch.equal(after[key], moved[key]) for key in after), "training did not continue"
     state = json.loads((_checkpoint(folder, iterations) / "state.json").read_text())
-    assert state["optimizer_steps"] == iterations - 1 and state["extra"]["skipped_iterations"] == 1
+    assert state["optimizer_steps"] == (iterations - 1) * STEPS_PER_ITERATION
+    assert state["extra"]["skipped_iterations"] == 1
     assert (folder / "lora.safetensors").is_file() and (folder / "curve.png").is_file()
 
 
@@ -126,7 +131,7 @@ def test_consecutive_bad_iterations_stop_with_a_checkpoint(tmp_path: Path, monke
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "iter_5"
     assert [r["skipped"] for r in records(tmp_path / "run")] == [None, None, "rewards", "rewards", "rewards"]
     state = json.loads((folder / "state.json").read_text())
-    assert state["optimizer_steps"] == 2 and state["extra"]["bad_iterations"] == 3
+    assert state["optimizer_steps"] == 2 * STEPS_PER_ITERATION and state["extra"]["bad_iterations"] == 3
     # the checkpoint holds the weights of the 2 good iterations: those of a clean 2-iteration run
     clean = Trainer(digits_config(tmp_path / "clean", iterations=2, rewards=rewards))
     clean.run()

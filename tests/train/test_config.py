@@ -112,6 +112,15 @@ def test_unknown_key_in_yaml_file(tmp_path: Path):
         ({"grpo": {"micro_batch_rows": 0}}, ["grpo.micro_batch_rows"]),
         ({"grpo": {"std_mode": "batch"}}, ["grpo.std_mode", "group"]),
         ({"grpo": {"ema_decay": 1.5}}, ["grpo.ema_decay"]),
+        ({"grpo": {"kl_form": "reverse"}}, ["grpo.kl_form", "flow_grpo"]),
+        ({"grpo": {"timestep_rule": "last"}}, ["grpo.timestep_rule", "first"]),
+        ({"grpo": {"updates_per_rollout": 0}}, ["grpo.updates_per_rollout", ">= 1"]),
+        ({"grpo": {"inner_epochs": 1.5}}, ["grpo.inner_epochs"]),
+        ({"grpo": {"ema_update_interval": 0}}, ["grpo.ema_update_interval"]),
+        ({"grpo": {"adv_epsilon": -1}}, ["grpo.adv_epsilon", "1e-4"]),
+        ({"grpo": {"train_last_step": "yes"}}, ["grpo.train_last_step"]),
+        ({"rollout": {"preview": "x0"}}, ["rollout", "preview", "current"]),
+        ({"rollout": {"shared_initial_noise": 1}}, ["rollout", "shared_initial_noise"]),
         ({"rollout": {"group_size": 1}}, ["rollout", "group_size"]),
         ({"rollout": {"group_size": 4, "prune_schedule": "2:8"}}, ["rollout", "prune_schedule", "group_size"]),
         ({"lora": {"rank": 0}}, ["lora", "rank"]),
@@ -184,3 +193,19 @@ def test_yaml_written_by_save_config_is_readable_plain_yaml(tmp_path: Path):
     data = yaml.safe_load(path.read_text())
     assert data["rollout"]["prune_schedule"] == "2:4, 4:2"
     assert data["rewards"]["brightness"]["weight"] == 2.0
+
+
+def test_a_config_saved_before_the_update_regime_fields_still_loads(tmp_path: Path):
+    """A YAML written before issue 14 (no updates_per_rollout, kl_form, preview...) loads with the new defaults."""
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "model: tiny:sd\nprompts: [a cat]\niterations: 3\n"
+        "rollout: {group_size: 4, num_steps: 4, prune_schedule: '2:2'}\n"
+        "grpo: {clip_range: 0.0001, adv_clip: 5.0, std_mode: group, kl_beta: 0.0, timestep_fraction: 1.0, "
+        "micro_batch_rows: 8, ema_decay: null}\n"
+    )
+    config = load_config(path)
+    assert config.grpo.updates_per_rollout == 2 and config.grpo.inner_epochs == 1
+    assert config.grpo.kl_form == "flow_grpo" and config.grpo.timestep_rule == "first"
+    assert config.grpo.adv_epsilon == 1e-4 and config.grpo.ema_update_interval == 8
+    assert config.rollout.preview == "current" and config.rollout.shared_initial_noise is False

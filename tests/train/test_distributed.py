@@ -47,8 +47,10 @@ def _config(output_dir: Path) -> TrainConfig:
                               prune_schedule="1:3, 2:2", selection="random", keep_images=False, max_batch_rows=2),
         lora=LoraSettings(rank=2, alpha=2.0),
         optim=OptimConfig(lr=1e-2),
+        # EMA folded in every optimiser step: with the default interval (8) a short run would export the
+        # untouched initial EMA, and the LoRA comparison would be vacuous
         grpo=GRPOConfig(clip_range=0.2, kl_beta=0.01, timestep_fraction=0.5, std_mode="global", micro_batch_rows=4,
-                        ema_decay=0.9),
+                        ema_decay=0.9, ema_update_interval=1),
         rewards={"brightness": {"weight": 1.0}},
         output_dir=str(output_dir),
         checkpoint_every=1,

@@ -101,7 +101,7 @@ def test_outputs_of_a_run(reference):
     assert (folder / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metadata = read_lora_metadata(folder / "lora.safetensors")
     assert metadata["base_model"] == "tiny:sd"
-    assert json.loads(metadata["steps"]) == 4
+    assert json.loads(metadata["steps"]) == 4 * 2  # optimiser steps: 2 minibatches (updates_per_rollout) per iteration
     assert json.loads(metadata["group_size"]) == 4 and json.loads(metadata["final_group_size"]) == 2
     assert metadata["prune_schedule"] == "1:3, 2:2"
     assert json.loads(metadata["rewards"]) == {"brightness": 1.0}

@@ -167,7 +167,7 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
 
 def test_kl_is_zero_before_the_first_update_and_positive_after(setup):
     denoiser, params, _, _, rollout, advantages = setup
-    config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5)
+    config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5, updates_per_rollout=1)
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     first = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
     assert first["kl"] == 0.0
@@ -240,3 +240,227 @@ def test_evaluate_ignores_static_filtering_and_pruning(tmp_path):
                          rewards={"brightness": {}})
     trainer = Trainer(config)
     assert trainer.evaluate(samples_per_prompt=3).shape == (3,)
+
+
+# --- the baselines' update regime (issue 14) --------------------------------------------------------
+
+
+def test_second_minibatch_is_off_policy_and_the_clip_binds(setup):
+    """Two disjoint minibatches: the first is on-policy (ratio 1), the second sees the weights after
+    step one, so its ratios leave 1; re-derived by hand (same partition, one manual step, log-probs
+    recomputed), the clip fraction and mean |ratio - 1| of the second step are what grpo_update reports."""
+    from progrpo.train.update import _local_pairs, minibatch_partition
+
+    denoiser, params, _, _, rollout, advantages = setup
+    config = GRPOConfig(clip_range=1e-4, updates_per_rollout=2, micro_batch_rows=64)
+    start = [p.detach().clone() for p in params]
+    metrics = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-2), config, params,
+                          torch.Generator().manual_seed(4))
+    assert metrics["optimizer_steps"] == 2.0
+    # by hand, from the same weights
+    with torch.no_grad():
+        for param, value in zip(params, start):
+            param.copy_(value)
+    generator = torch.Generator().manual_seed(4)
+    pairs = select_training_pairs(rollout, 1.0, generator)
+    first_ids, second_ids = minibatch_partition(len(pairs), 2, generator)
+    assert set(first_ids.tolist()).isdisjoint(second_ids.tolist())
+    assert sorted(first_ids.tolist() + second_ids.tolist()) == list(range(len(pairs)))
+    first, second = (_local_pairs(pairs, ids, 0, len(pairs) // rollout.num_survivors) for ids in (first_ids, second_ids))
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    on_policy = accumulate_policy_gradient(denoiser, rollout, advantages, first, config)
+    assert abs(on_policy["ratio_mean"] - 1.0) <= 1e-6 and on_policy["clip_fraction"] == 0.0
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    new = recompute_log_probs(denoiser, rollout, second, micro_batch_rows=64)
+    ratio = torch.exp(new - rollout.log_probs[second.rows, second.steps])
+    expected_clip = float(((ratio - 1).abs() > 1e-4).float().mean())
+    assert expected_clip > 0.5, "a step at lr 1e-2 must move the ratio past a 1e-4 clip"
+    assert metrics["clip_fraction_off_policy"] == pytest.approx(expected_clip, abs=1e-6)
+    assert metrics["ratio_deviation_off_policy"] == pytest.approx(float((ratio - 1).abs().mean()), rel=1e-3)
+    # one minibatch: everything on-policy, nothing off-policy
+    with torch.no_grad():
+        for param, value in zip(params, start):
+            param.copy_(value)
+    single = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-2),
+                         dataclasses.replace(config, updates_per_rollout=1), params, torch.Generator())
+    assert single["optimizer_steps"] == 1.0 and single["clip_fraction"] == 0.0
+    assert single["clip_fraction_off_policy"] == 0.0
+
+
+def test_inner_epochs_repeat_the_minibatches(setup):
+    denoiser, params, _, _, rollout, advantages = setup
+    before = rollout.ledger.backward_rows
+    metrics = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-3),
+                          GRPOConfig(updates_per_rollout=2, inner_epochs=3), params, torch.Generator())
+    pairs = rollout.num_survivors * 2  # sde_window (0, 2): two stochastic steps per survivor
+    assert metrics["optimizer_steps"] == 6.0
+    assert metrics["rows"] == rollout.ledger.backward_rows - before == 3 * pairs
+
+
+def test_minibatch_partition_is_independent_of_the_number_of_processes():
+    """Global pair ids split once; each rank keeps the ids of its survivors: the union over ranks is the split."""
+    from progrpo.train.update import TrainingPairs, _local_pairs, minibatch_partition
+
+    parts = minibatch_partition(12, 2, torch.Generator().manual_seed(0))
+    assert [len(part) for part in parts] == [6, 6]
+    assert minibatch_partition(12, 1, torch.Generator()) [0].tolist() == list(range(12))
+    assert len(minibatch_partition(3, 5, torch.Generator())) == 3  # never an empty minibatch
+    # 6 survivors x 2 steps; ranks hold survivors 0-2 and 3-5
+    whole = TrainingPairs(rows=torch.arange(6).repeat_interleave(2), steps=torch.tensor([0, 1] * 6))
+    rank = TrainingPairs(rows=torch.arange(3).repeat_interleave(2), steps=torch.tensor([0, 1] * 3))
+    for part in parts:
+        single = _local_pairs(whole, part, 0, 2)
+        split = [_local_pairs(rank, part, offset, 2) for offset in (0, 3)]
+        rebuilt = sorted([(int(r) + 0, int(s)) for r, s in zip(split[0].rows, split[0].steps)]
+                         + [(int(r) + 3, int(s)) for r, s in zip(split[1].rows, split[1].steps)])
+        assert rebuilt == sorted(zip(single.rows.tolist(), single.steps.tolist()))
+
+
+def test_timestep_rule_first_drops_the_last_flow_step():
+    """Flow schedule, 5 steps, all stochastic: candidates 0..3 (step 4, sigma -> 0, is dropped);
+    ``first`` trains int(4 * fraction) of them from the start, ``random`` its own subset per survivor."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+    from gaussian_denoiser import GaussianDenoiser
+
+    denoiser = GaussianDenoiser(torch.zeros(3), torch.eye(3))
+    config = RolloutConfig(group_size=3, num_steps=5, dynamics="flow_sde", keep_images=False)
+    rollout = expand_and_prune_rollout(denoiser, denoiser.encode_prompts(["a", "b"]), build_rewards({"brightness": {}}),
+                                       config)
+    assert rollout.trainable_steps.tolist() == [0, 1, 2, 3, 4]
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    first = select_training_pairs(rollout, 1.0, generator)
+    assert first.steps.reshape(6, -1).tolist() == [[0, 1, 2, 3]] * 6
+    assert select_training_pairs(rollout, 0.5, generator).steps.reshape(6, -1).tolist() == [[0, 1]] * 6
+    assert select_training_pairs(rollout, 0.99, generator).steps.reshape(6, -1).tolist() == [[0, 1, 2]] * 6
+    assert torch.equal(generator.get_state(), state), "the first rule draws nothing"
+    every = select_training_pairs(rollout, 1.0, generator, train_last_step=True)
+    assert every.steps.reshape(6, -1).tolist() == [[0, 1, 2, 3, 4]] * 6
+    drawn = select_training_pairs(rollout, 0.5, torch.Generator().manual_seed(3), rule="random").steps.reshape(6, -1)
+    assert all(set(row) <= {0, 1, 2, 3} and len(set(row)) == 2 for row in drawn.tolist())
+    assert len({tuple(row) for row in drawn.tolist()}) > 1, "DDPO's rule draws per survivor"
+
+
+def test_vp_schedules_keep_their_last_step(setup):
+    *_, rollout, _ = setup  # ddim, sde_window (0, 2) of 3 steps
+    assert select_training_pairs(rollout, 1.0, torch.Generator()).steps.tolist() == [0, 1] * rollout.num_survivors
+
+
+def test_kl_forms_against_hand_values():
+    from progrpo.train.loss import KL_FORMS
+
+    mean = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    reference = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    std = torch.tensor([0.5, 0.0])  # the second row is deterministic
+    dt = torch.tensor([0.1, 0.1])
+    # exact: mean over dims of d^2 / (2 std^2) = (1 + 4) / 2 / (2 * 0.25) = 5
+    torch.testing.assert_close(KL_FORMS["exact"](mean, reference, std, dt), torch.tensor([5.0, 0.0]))
+    # Flow-GRPO: std_dev_t = std / sqrt(dt), so d^2 / (2 std^2 / dt) = 5 * 0.1
+    torch.testing.assert_close(KL_FORMS["flow_grpo"](mean, reference, std, dt), torch.tensor([0.5, 0.0]))
+
+
+def test_kl_form_scales_the_update_kl_by_dt():
+    """On a flow SDE, the update's KL in Flow-GRPO's form is the exact one times each pair's |dt|."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+    from progrpo.train.update import _kl_dt
+
+    schedule_coeffs = type("C", (), {"sigma": torch.tensor([1.0, 0.6]), "sigma_next": torch.tensor([0.6, 0.0])})()
+    torch.testing.assert_close(_kl_dt("flow_sde", schedule_coeffs), torch.tensor([0.4, 0.6]))
+    torch.testing.assert_close(_kl_dt("ddim", schedule_coeffs), torch.tensor([1.0, 1.0]))
+
+
+def test_ema_updates_every_interval_steps():
+    from progrpo.train.update import LoraEMA
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    ema = LoraEMA([param], decay=0.5, update_interval=3)
+    with torch.no_grad():
+        param.fill_(1.0)
+    ema.update()
+    ema.update()
+    assert torch.equal(ema.shadow[0], torch.zeros(2)) and ema.updates == 0  # steps 1, 2: nothing folded in
+    ema.update()  # step 3: decay min(0.5, 1/10) = 0.1 -> 0.1 * 0 + 0.9 * 1
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 0.9))
+    with torch.no_grad():
+        param.fill_(2.0)
+    for _ in range(3):  # step 6: decay min(0.5, 2/11)
+        ema.update()
+    decay = 2 / 11
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), decay * 0.9 + (1 - decay) * 2.0))
+    restored = LoraEMA([param], decay=0.5, update_interval=3)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.calls == 6 and restored.updates == 2
+
+
+def test_non_finite_second_step_undoes_the_whole_update(setup):
+    """A NaN gradient in the second minibatch restores the weights, Adam, lr schedule and EMA of before the update."""
+    from progrpo.train.update import LoraEMA
+
+    denoiser, params, _, _, rollout, _ = setup
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    ema = LoraEMA(params, 0.9, 1)
+    # survivor 0's advantage is NaN; with generator seed 1 its pairs (ids 0, 1 of 8) are both in the
+    # SECOND minibatch ([2, 4, 5, 6] then [0, 1, 3, 7]), so the first step is taken and must be undone
+    from progrpo.train.update import minibatch_partition
+
+    assert set(minibatch_partition(8, 2, torch.Generator().manual_seed(1))[1].tolist()) >= {0, 1}
+    advantages = torch.tensor([float("nan"), 1.0, -1.0, 0.0])
+    stepped = []
+    optimizer.register_step_post_hook(lambda *_: stepped.append(1))
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(adv_clip=None, updates_per_rollout=2),
+                          params, torch.Generator().manual_seed(1), lr_scheduler=scheduler, ema=ema)
+    assert stepped == [1], "the first (finite) minibatch stepped"
+    assert metrics["step_skipped"] == 1.0 and metrics["optimizer_steps"] == 0.0
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert not optimizer.state and scheduler.last_epoch == 0 and ema.calls == 0
+
+
+def test_a_rank_without_pairs_in_a_minibatch_reports_the_same_metric_keys(setup):
+    """Ranks all-reduce the metric values as one list: an empty minibatch must give the same keys."""
+    from progrpo.train.update import TrainingPairs, _one_step
+    from progrpo.train.distributed import SINGLE_PROCESS
+
+    denoiser, params, _, _, rollout, advantages = setup
+    pairs = select_training_pairs(rollout, 1.0, torch.Generator())
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    full = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params, pairs, 1.0, None, None,
+                     SINGLE_PROCESS)
+    empty = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params,
+                      TrainingPairs(rows=pairs.rows[:0], steps=pairs.steps[:0]), 1.0, None, None, SINGLE_PROCESS)
+    assert list(full) == list(empty) and empty["rows"] == 0.0
+
+
+def test_evaluate_uses_the_ema_weights_and_restores_the_trained_ones(tmp_path):
+    """With EMA on, evaluation scores the EMA weights (Flow-GRPO evaluates its EMA): set the shadow to
+    visibly different weights; evaluate() equals an evaluation with those weights loaded by hand."""
+    from progrpo.train.config import TrainConfig
+    from progrpo.train.trainer import Trainer
+
+    config = TrainConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
+                         rollout=RolloutConfig(group_size=2, num_steps=2, height=16, width=16),
+                         grpo=GRPOConfig(ema_decay=0.9), rewards={"brightness": {}})
+    trainer = Trainer(config)
+    trained = [p.detach().clone() for p in trainer.params]
+    trainer.ema.shadow = [torch.full_like(s, 0.05) for s in trainer.ema.shadow]
+    with_ema = trainer.evaluate(samples_per_prompt=2)
+    assert all(torch.equal(p, t) for p, t in zip(trainer.params, trained)), "trained weights restored"
+    without = trainer.evaluate(samples_per_prompt=2, rollout={})  # still EMA: same call
+    assert torch.equal(with_ema, without)
+    ema, trainer.ema = trainer.ema, None
+    raw = trainer.evaluate(samples_per_prompt=2)
+    with torch.no_grad():
+        for param in trainer.params:
+            param.fill_(0.05)
+    by_hand = trainer.evaluate(samples_per_prompt=2)
+    torch.testing.assert_close(with_ema, by_hand)
+    assert not torch.equal(raw, by_hand), "the EMA weights must change the evaluation for the test to mean anything"
+    del ema
