@@ -265,9 +265,29 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+#: what a checkpoint written before a field existed did, i.e. the field's value for that run: resuming it
+#: with another value is refused naming the field (set it to this value to continue the old run as it was).
+LEGACY_VALUES: dict[str, Any] = {
+    "grpo.kl_form": "exact",
+    "grpo.timestep_rule": "random",
+    "grpo.train_last_step": True,
+    "grpo.updates_per_rollout": 1,
+    "grpo.inner_epochs": 1,
+    "grpo.adv_epsilon": 0.0,
+    "grpo.ema_update_interval": 1,
+    "grpo.loss_scale": 1.0,
+    "rollout.preview": "stale",
+    "rollout.shared_initial_noise": False,
+}
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted field, saved value, current value)`` for every training-relevant field that differs."""
+    """``(dotted field, saved value, current value)`` for every training-relevant field that differs.
+
+    A field the saved config lacks (written by an earlier version) counts as its :data:`LEGACY_VALUES` value.
+    """
     old, new = _flatten(saved), _flatten(current)
+    old = {**{name: value for name, value in LEGACY_VALUES.items() if name in new}, **old}
     differences = []
     for name in sorted(set(old) | set(new)):
         if name in RESUME_FREE_FIELDS:

@@ -199,3 +199,17 @@ def test_trainer_leaves_the_callers_rng_alone(tmp_path: Path):
     trainer.run_iteration()
     assert torch.equal(torch.rand(3), expected)
     assert dataclasses.is_dataclass(trainer.config)
+
+
+def test_a_checkpoint_from_before_the_baseline_regime_names_the_fields_to_set():
+    from progrpo.train.checkpoint import LEGACY_VALUES, config_differences
+
+    current = {"grpo": {"clip_range": 1e-4, "updates_per_rollout": 2, "kl_form": "flow_grpo", "loss_scale": 1.0},
+               "rollout": {"group_size": 4, "preview": "current"}}
+    saved = {"grpo": {"clip_range": 1e-4}, "rollout": {"group_size": 4}}  # written before those fields existed
+    differences = {name: (old, new) for name, old, new in config_differences(saved, current)}
+    assert differences == {"grpo.updates_per_rollout": (1, 2), "grpo.kl_form": ("exact", "flow_grpo"),
+                           "rollout.preview": ("stale", "current")}
+    legacy = {"grpo": {**current["grpo"], "updates_per_rollout": 1, "kl_form": "exact"},
+              "rollout": {**current["rollout"], "preview": LEGACY_VALUES["rollout.preview"]}}
+    assert config_differences(saved, legacy) == []
