@@ -17,7 +17,7 @@ is left as it was:
   the device first; the reward's models, which ComfyUI does not manage, go to the offload device until
   the update ends), inference-mode weights are aliased (:func:`.comfy_lora.alias_inference_tensors`,
   no copy), the LoRA parameters and AdamW state are put beside the weights, and the highest
-  ``ModuleList`` blocks of the diffusion model run under ``torch.utils.checkpoint`` (recomputed in
+  non-container modules of the diffusion model run under ``torch.utils.checkpoint`` (recomputed in
   backward, as ComfyUI's TrainLoraNode patches them) when ``gradient_checkpointing`` is on.
 """
 
@@ -137,21 +137,27 @@ def offloaded(modules: list[torch.nn.Module], offload_device: torch.device) -> I
                 module.to(device)
 
 
-def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks gradient checkpointing wraps: children of the highest ``ModuleList``s of the model.
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.Sequential, torch.nn.ModuleDict)
 
-    UNets (``input_blocks``, ``output_blocks``), MMDiT (``joint_blocks``), Flux/Chroma (``double_blocks``,
-    ``single_blocks``) and the other transformers ComfyUI runs keep their repeated blocks in module
-    lists; a found list's own descendants are not searched again, so blocks never nest.
+
+def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules gradient checkpointing wraps: the highest non-container modules of the diffusion model.
+
+    ComfyUI's TrainLoraNode rule (``find_all_highest_child_module_with_forward``): descend through
+    ``ModuleList`` / ``Sequential`` / ``ModuleDict`` containers and take the first modules that are not one.
+    Taking a container itself would do nothing on UNets: ``forward_timestep_embed`` iterates a
+    ``TimestepEmbedSequential``'s layers and calls each one directly, never the container's ``forward``.
+    So UNets checkpoint each ResBlock / SpatialTransformer / Downsample, MMDiT each joint block, Flux
+    each double and single block (and the small embedders beside them, which cost nothing to recompute).
     """
     blocks: list[torch.nn.Module] = []
 
     def visit(module: torch.nn.Module) -> None:
         for child in module.children():
-            if isinstance(child, torch.nn.ModuleList):
-                blocks.extend(child)
-            else:
+            if isinstance(child, _CONTAINERS):
                 visit(child)
+            else:
+                blocks.append(child)
 
     visit(diffusion_model)
     return blocks
