@@ -10,11 +10,19 @@ wrappers when it loads the clone, on top of its own weight patches, so
   same patcher, merged or applied before the wrappers);
 * model eviction and reloads (VAE decodes and reward models in the loop) keep working.
 
+Only the trained layers get a wrapper: ComfyUI then casts just those weights per forward, and every
+other layer keeps its stock fast path (no per-forward copy, nothing retained for backward beyond
+what the layer's own backward needs).
+
 Inference tensors: a server loads models inside ``torch.inference_mode()``, so their parameters
-cannot be saved for backward. Instead of touching those parameters, every weight and bias of the
-model's ComfyUI layers gets a wrapper that hands the layer a normal-tensor copy of an inference
-weight (and a detached view of a normal one, so no gradient ever reaches the base). Training then
-runs under ``torch.inference_mode(False)`` and ``torch.enable_grad()``; see :func:`training_context`.
+cannot be saved for backward, which every layer between the LoRA and the loss needs (the input
+gradient of ``x @ W.T`` is ``g @ W``). :func:`alias_inference_tensors` replaces each such parameter
+with an ordinary tensor over the *same storage* (no copy, same bits), which autograd accepts;
+:class:`~.comfy_training.TrainingSession` runs it before the update. Training then runs under
+``torch.inference_mode(False)`` and ``torch.enable_grad()``; see :func:`training_context`.
+
+After training, :meth:`ComfyLoraAdapter.patched_model` gives the input MODEL with the trained LoRA as
+ordinary ComfyUI weight patches (what the stock LoraLoader builds), so sampling it runs at stock speed.
 
 The trained LoRA is each target's ``lora_up`` [out, rank] and ``lora_down`` [rank, in] (ComfyUI's
 ``LoraDiff`` from ``LoRAAdapter.create_train``) with ``W' = W + (alpha / rank) up @ down``, and
@@ -29,14 +37,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import comfy.lora
 import comfy.utils
 import torch
-from comfy.weight_adapter.lora import LoRAAdapter
+from comfy.weight_adapter.lora import LoraDiff
 
 from progrpo.errors import ProGRPOConfigError
 
@@ -57,27 +65,54 @@ class _Switch:
         self.enabled = True
 
 
+def alias_of(tensor: torch.Tensor) -> torch.Tensor:
+    """An ordinary (non-inference) tensor over ``tensor``'s storage: no copy, same bits.
+
+    Autograd refuses to save inference tensors for backward; an alias made outside inference mode is
+    an ordinary tensor, so a frozen weight can take part in a differentiated forward without the
+    per-forward copy ``tensor.clone()`` would cost (a whole second model for a real checkpoint).
+    """
+    with torch.inference_mode(False):
+        return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(
+            tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride()
+        )
+
+
 def _base(weight: torch.Tensor) -> torch.Tensor:
-    """The base weight as autograd may use it: a copy of an inference tensor, else a detached view."""
-    if weight.is_inference():
-        with torch.inference_mode(False):
-            return weight.detach().clone()
-    return weight.detach()
+    """The base weight as autograd may use it: an alias of an inference tensor, else a detached view."""
+    return alias_of(weight) if weight.is_inference() else weight.detach()
 
 
-class _FrozenWrapper(torch.nn.Module):
-    """Identity weight wrapper of a non-trained weight or bias (see the module doc, inference tensors)."""
+def alias_inference_tensors(module: torch.nn.Module) -> int:
+    """Replace every inference-tensor parameter and buffer of ``module`` by its alias; returns how many.
 
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if not torch.is_grad_enabled():
-            return weight
-        return _base(weight)
+    Values and storage are unchanged (the model ComfyUI cached stays bit-identical and its memory is
+    not duplicated); only the tensors' inference flag goes, so a differentiated forward may save them.
+    """
+    replaced = 0
+    with torch.inference_mode(False):
+        for submodule in module.modules():
+            for table in (submodule._parameters, submodule._buffers):
+                for name, tensor in table.items():
+                    if tensor is None or not tensor.is_inference():
+                        continue
+                    alias = alias_of(tensor.data)
+                    table[name] = torch.nn.Parameter(alias, requires_grad=False) if table is submodule._parameters \
+                        else alias
+                    replaced += 1
+    return replaced
 
-    def passive_memory_usage(self) -> int:
-        return 0
 
-    def move_to(self, device: Any) -> int:
-        return 0
+def _create_lora(shape: torch.Size, rank: int, alpha: float) -> torch.nn.Module:
+    """ComfyUI's trainable ``LoraDiff`` for a [out, in] weight, as ``LoRAAdapter.create_train`` initialises it.
+
+    Kaiming-uniform ``lora_up`` [out, rank] and zero ``lora_down`` [rank, in] (the identity at the start),
+    float32, drawn on the CPU, so the same seed gives the same LoRA whatever device the model is on.
+    """
+    up = torch.empty(shape[0], rank, dtype=torch.float32)
+    down = torch.zeros(rank, shape[1:].numel(), dtype=torch.float32)
+    torch.nn.init.kaiming_uniform_(up, a=5**0.5)
+    return LoraDiff((up, down, alpha, None, None, None))
 
 
 class _LoraWrapper(torch.nn.Module):
@@ -162,35 +197,46 @@ class ComfyLoraAdapter:
             raise ProGRPOConfigError(f"rank={rank} must be >= 1.")
         self.rank, self.alpha = int(rank), float(alpha)
         self.targets = tuple(targets or DEFAULT_TARGETS)
+        self.base = model
         self.patcher = model.clone()
         self._switch = _Switch()
+        #: set by an open :class:`~.comfy_training.TrainingSession`: the context of each update
+        self.update_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
         self.wrappers: dict[str, _LoraWrapper] = {}
         trained = []
+        device = torch.device(model.load_device)
         with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) % (2**63))
             for path, module in self.patcher.model.named_modules():
-                if not hasattr(module, "weight_function"):
-                    continue
                 weight = getattr(module, "weight", None)
-                if weight is not None:
-                    key = f"{path}.weight"
-                    if weight.ndim == 2 and path.startswith("diffusion_model.") and _matches(path, self.targets):
-                        lora = LoRAAdapter.create_train(weight, rank=self.rank, alpha=self.alpha).float()
-                        lora.alpha.requires_grad_(False)
-                        wrapper = _LoraWrapper(lora, self._switch)
-                        self.wrappers[key] = wrapper
-                        self.patcher.add_weight_wrapper(key, wrapper)
-                        trained.append(key)
-                    else:
-                        self.patcher.add_weight_wrapper(key, _FrozenWrapper())
-                if getattr(module, "bias", None) is not None:
-                    self.patcher.add_weight_wrapper(f"{path}.bias", _FrozenWrapper())
+                if not (hasattr(module, "weight_function") and weight is not None and weight.ndim == 2
+                        and path.startswith("diffusion_model.") and _matches(path, self.targets)):
+                    continue
+                key = f"{path}.weight"
+                # initialised on the CPU (the same numbers on every device), then placed where ComfyUI runs
+                # the model; ComfyUI moves it with the model afterwards (``move_to``)
+                lora = _create_lora(weight.shape, self.rank, self.alpha).to(device)
+                lora.alpha.requires_grad_(False)
+                wrapper = _LoraWrapper(lora, self._switch)
+                self.wrappers[key] = wrapper
+                self.patcher.add_weight_wrapper(key, wrapper)
+                trained.append(key)
         if not trained:
             raise ProGRPOConfigError(
                 f"LoRA targets {list(self.targets)} match no Linear layer of this MODEL's diffusion model; use "
                 "attention projection names such as to_q, to_k, to_v, to_out.0."
             )
         self.key_names = kohya_key_names(self.patcher.model, trained)
+
+    def patched_model(self) -> Any:
+        """The input MODEL with the current LoRA as ordinary weight patches, no training wrappers.
+
+        Built exactly as the stock LoraLoaderModelOnly builds it from the exported file (ComfyUI's key map,
+        ``add_patches`` at strength 1), so downstream samplers run at stock speed and give its output.
+        """
+        import comfy.sd
+
+        return comfy.sd.load_lora_for_models(self.base, None, self.state_dict(), 1.0, 0.0)[0]
 
     # --- LoraAdapter -------------------------------------------------------------------------
 
@@ -210,7 +256,20 @@ class ComfyLoraAdapter:
             self._switch.enabled = previous
 
     def training(self) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()  # no dropout in ComfyUI's LoraDiff
+        """The update's context: the training session's (full load, aliases, checkpointing) when one is open.
+
+        ComfyUI's LoraDiff has no dropout, so there is no train mode of the LoRA itself.
+        """
+        return self.update_context() if self.update_context is not None else contextlib.nullcontext()
+
+    def place_parameters(self, device: torch.device) -> None:
+        """Move the LoRA weights (and their gradients) to ``device`` in place: the optimiser keeps them."""
+        with torch.inference_mode(False), torch.no_grad():
+            for param in self.parameters():
+                if param.device != device:
+                    param.data = param.data.to(device)
+                    if param.grad is not None:
+                        param.grad = param.grad.to(device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``<file key>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha`` (the exported file's tensors)."""

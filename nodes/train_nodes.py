@@ -35,10 +35,13 @@ from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
 from progrpo.train.config import read_prompts
 from progrpo.train.distributed import SINGLE_PROCESS
+from progrpo.train.faults import out_of_memory
+from progrpo.train.precision import loss_scale_for
 from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
+from .comfy_training import TrainingSession, options_from, training_option_inputs
 from .expanded_sampler import RewardType, RolloutType
 from .input_checks import check_choices, check_numbers
 from .paths import resolve_inside
@@ -191,10 +194,12 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.String.Input("prompts", default="", multiline=True, optional=True,
                                 tooltip="With clip and no prompt_file: the prompts to train on, one per line "
                                 "(kept inside the workflow, so a shared workflow carries them)."),
+                *training_option_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
-                                tooltip="A copy of the input MODEL with the trained LoRA applied."),
+                                tooltip="A copy of the input MODEL with the trained LoRA applied as ordinary weight "
+                                "patches (as Load LoRA applies it: samples at stock speed)."),
                 io.LoraModel.Output(display_name="lora",
                                     tooltip="The trained LoRA weights (kohya keys + alpha); save them with Pro-GRPO "
                                     "Save LoRA, or apply them with Load LoRA Model."),
@@ -225,7 +230,10 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 clip: Any | None = None, prompt_file: str = "", negative_prompt: str = "",
                 positive: list | None = None, negative: list | None = None,
                 prune_schedule: PruneSchedule | None = None, selection: str = "ovf",
-                prompts_per_iteration: int = 1, prompts: str = "") -> io.NodeOutput:
+                prompts_per_iteration: int = 1, prompts: str = "", training_dtype: str = "auto",
+                gradient_checkpointing: bool = True, micro_batch_rows: int = 2,
+                max_batch_rows: int = 8) -> io.NodeOutput:
+        options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, max_batch_rows)
         output_dir = run_directory(run_name)
         if clip is not None and positive is not None:
             raise ProGRPOConfigError(
@@ -266,6 +274,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"dynamics: {error}") from None
         check_image_size(vae, width, height)
+        session = TrainingSession(adapter, options)
+        loss_scale = loss_scale_for(session.compute_dtype, denoiser.latent_shape(height, width))
         try:
             config = TrainConfig(
                 model="comfyui", prompts=prompts, prompts_per_iteration=prompts_per_iteration,
@@ -276,11 +286,11 @@ class ProGRPOTrainLoop(io.ComfyNode):
                     group_size=group_size, num_steps=steps, dynamics=dynamics,
                     noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
                     prune_schedule=prune_schedule, selection=selection, height=height, width=width,
-                    keep_images=False,
+                    keep_images=False, max_batch_rows=options.rollout_rows,
                 ),
                 lora=LoraSettings(rank=rank, alpha=alpha, target_modules=DEFAULT_TARGETS),
                 optim=OptimConfig(lr=lr),
-                grpo=GRPOConfig(),
+                grpo=GRPOConfig(micro_batch_rows=options.micro_batch_rows, loss_scale=loss_scale),
             )
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
@@ -290,7 +300,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
         latest = output_dir / "checkpoints" / "latest"
         resume_from = "latest" if resume and latest.is_file() else None
         bar = comfy.utils.ProgressBar(iterations)
-        with training_context():
+        with training_context(), session:
             try:
                 result = trainer.run(progress=lambda done, total: bar.update_absolute(done, total),
                                      resume_from=resume_from)
@@ -300,7 +310,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
         lora = TrainedLora(adapter.state_dict())
         lora.metadata = _metadata(trainer.export_metadata(), adapter)
         curve = image_from_png(result.curve_path)
-        return io.NodeOutput(adapter.patcher, lora, curve)
+        return io.NodeOutput(adapter.patched_model(), lora, curve)
 
 
 def _metadata(run: dict[str, Any], adapter: ComfyLoraAdapter) -> dict[str, str]:
@@ -402,9 +412,11 @@ class ProGRPOTrainStep(io.ComfyNode):
                 io.LoraModel.Input("lora", optional=True,
                                    tooltip="LoRA to continue from (the lora output of a previous step); "
                                    "unconnected: a fresh LoRA."),
+                *training_option_inputs()[:3],  # the rollout is given: no sampling chunk here
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="A copy of the MODEL with the updated LoRA applied."),
+                io.Model.Output(display_name="model", tooltip="A copy of the MODEL with the updated LoRA applied as "
+                                "ordinary weight patches (as Load LoRA applies it)."),
                 io.LoraModel.Output(display_name="lora", tooltip="The updated LoRA weights."),
                 io.String.Output(display_name="metrics", tooltip="The update's metrics as JSON."),
             ],
@@ -416,7 +428,8 @@ class ProGRPOTrainStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, rollout: Any, lr: float, rank: int, alpha: float, seed: int,
-                lora: dict | None = None) -> io.NodeOutput:
+                lora: dict | None = None, training_dtype: str = "auto", gradient_checkpointing: bool = True,
+                micro_batch_rows: int = 2) -> io.NodeOutput:
         import json
 
         from progrpo.advantages import group_advantages
@@ -434,16 +447,22 @@ class ProGRPOTrainStep(io.ComfyNode):
                 adapter.load_state_dict({k: v for k, v in lora.items() if isinstance(v, torch.Tensor)})
             except ProGRPOConfigError as error:
                 raise ProGRPOConfigError(f"lora: {error}") from None
+        options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, 0)
+        session = TrainingSession(adapter, options)
         denoiser = _TrainDenoiser(adapter.patcher, scheduler=getattr(rollout, "comfy_scheduler", "normal"))
         denoiser.prompts = prompts
-        grpo = GRPOConfig()
+        grpo = GRPOConfig(micro_batch_rows=options.micro_batch_rows,
+                          loss_scale=loss_scale_for(session.compute_dtype, tuple(rollout.latents.shape[2:])))
         advantages = group_advantages(rollout.final_rewards, rollout.prompt_index, std_mode=grpo.std_mode,
                                       clip=grpo.adv_clip)
         params = adapter.parameters()
-        with training_context():
+        with training_context(), session:
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=OptimConfig().weight_decay)
-            metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params,
-                                  torch.Generator().manual_seed(int(seed)), adapter=adapter)
+            try:
+                metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params,
+                                      torch.Generator().manual_seed(int(seed)), adapter=adapter)
+            except torch.OutOfMemoryError as error:
+                raise out_of_memory(error, -1, None, {"micro_batch_rows": options.micro_batch_rows}) from error
         out = TrainedLora(adapter.state_dict())
         out.metadata = {"progrpo": "1", "rank": str(adapter.rank), "alpha": str(adapter.alpha)}
-        return io.NodeOutput(adapter.patcher, out, json.dumps(metrics))
+        return io.NodeOutput(adapter.patched_model(), out, json.dumps(metrics))

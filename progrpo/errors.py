@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 class ProGRPOError(Exception):
     """Base of the errors progrpo raises on purpose (the message names the input or file and the fix)."""
@@ -35,3 +37,11 @@ class ProGRPONonFiniteError(ProGRPOTrainingError):
         super().__init__(message)
         self.quantity = quantity
         self.iteration = iteration
+
+
+class ProGRPOOutOfMemoryError(ProGRPOTrainingError, torch.OutOfMemoryError):
+    """The device ran out of memory during training; the message names the knobs that lower the peak.
+
+    Also a ``torch.OutOfMemoryError``, so a host that cleans up after out-of-memory errors (ComfyUI
+    unloads its models) still does.
+    """

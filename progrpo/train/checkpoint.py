@@ -44,9 +44,11 @@ FORMAT_VERSION = 1
 
 #: config fields that may change between a checkpoint and the run resuming it (they do not
 #: change what the next iterations compute); every other field must be equal.
+#: fields a resume may change: bookkeeping, and the memory knobs (chunking changes float rounding only),
+#: so a run that ran out of memory resumes with a smaller micro-batch or rollout chunk.
 RESUME_FREE_FIELDS = frozenset(
     {"iterations", "output_dir", "checkpoint_every", "max_bad_iterations", "rollout.measure_flops",
-     "rollout.keep_images"}
+     "rollout.keep_images", "rollout.max_batch_rows", "grpo.micro_batch_rows"}
 )
 
 

@@ -132,6 +132,10 @@ class GRPOConfig:
             micro-batches, so peak memory does not grow with the group size.
         ema_decay: decay of an exponential moving average of the LoRA weights (Flow-GRPO: 0.9 with
             warm-up); the EMA weights are what gets exported. None disables it.
+        loss_scale: the loss is multiplied by this before backward and the float32 LoRA gradients
+            divided by it after (the update is unchanged); > 1 keeps fp16-computed gradients out of
+            fp16's subnormal range (:func:`progrpo.train.precision.loss_scale_for` gives the
+            latent's element count for fp16, 1 otherwise).
     """
 
     clip_range: float = 1e-4
@@ -141,8 +145,14 @@ class GRPOConfig:
     timestep_fraction: float = 1.0
     micro_batch_rows: int = 8
     ema_decay: float | None = None
+    loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not _is_number(self.loss_scale) or not 1.0 <= self.loss_scale < 1e12:
+            raise ProGRPOConfigError(
+                f"grpo.loss_scale={self.loss_scale!r} must be a number in [1, 1e12); 1 unless the model computes in "
+                "fp16 (then the latent's element count)."
+            )
         if not _is_number(self.clip_range) or self.clip_range <= 0:
             raise ProGRPOConfigError(
                 f"grpo.clip_range={self.clip_range!r} must be a number > 0; Flow-GRPO/DDPO use 1e-4."
@@ -163,6 +173,7 @@ class GRPOConfig:
             raise ProGRPOConfigError(f"grpo.ema_decay={self.ema_decay!r} must be in (0, 1) (e.g. 0.9), or null.")
         self.clip_range, self.kl_beta = float(self.clip_range), float(self.kl_beta)
         self.timestep_fraction = float(self.timestep_fraction)
+        self.loss_scale = float(self.loss_scale)
 
 
 def _default_rewards() -> dict[str, dict[str, Any]]:

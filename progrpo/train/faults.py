@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ProGRPONonFiniteError, ProGRPORewardError
+from ..errors import ProGRPONonFiniteError, ProGRPOOutOfMemoryError, ProGRPORewardError
 from ..log import logger
 from ..rewards.base import WeightedSum
 from .distributed import DistributedContext
@@ -210,4 +210,23 @@ def reward_failure(error: ProGRPORewardError, iteration: int, checkpoint: Path |
         f"reward (its entry '{error.reward_name}' in config.rewards: options, model files, memory), then resume "
         "with --resume latest (resume_from='latest').",
         reward_name=error.reward_name,
+    )
+
+
+def out_of_memory(error: BaseException, iteration: int, checkpoint: Path | None, settings: Mapping[str, Any]) -> (
+        ProGRPOOutOfMemoryError):
+    """The error ending the run when the device ran out of memory in ``iteration`` (raise it ``from`` ``error``).
+
+    ``settings``: the values of the memory knobs to quote (``micro_batch_rows``, ``max_batch_rows``,
+    ``width``/``height``); every message names micro_batch_rows, gradient checkpointing and the
+    resolution, the three knobs that set the training peak.
+    """
+    saved = (f"a checkpoint of the {iteration} completed iterations is in {str(checkpoint)!r}" if checkpoint is not None
+             else "no checkpoint was written by this process; the latest one stays valid")
+    quoted = ", ".join(f"{name}={value}" for name, value in settings.items())
+    return ProGRPOOutOfMemoryError(
+        f"out of memory during training iteration {iteration + 1} ({quoted}): {str(error).splitlines()[0][:200]}. "
+        "To lower the peak: set micro_batch_rows to 1 (pairs per backward), turn gradient_checkpointing on, "
+        "lower the resolution (width/height), lower max_batch_rows (rows per sampling call and decode), or use "
+        f"training_dtype bf16. {saved}; resume with the same settings apart from these."
     )

@@ -35,7 +35,7 @@ from ..atomic import atomic_write_text, remove_stale_temps
 from ..denoisers.base import Denoiser
 from ..denoisers.loading import load_denoiser
 from ..diagnostics import clustering_fraction, preview_final_correlation
-from ..errors import ProGRPOConfigError, ProGRPORewardError
+from ..errors import ProGRPOConfigError, ProGRPOOutOfMemoryError, ProGRPORewardError
 from ..log import logger
 from ..lora.adapter import LoraAdapter, PeftLoraAdapter
 from ..rewards import build_rewards
@@ -60,6 +60,7 @@ from .faults import (
     NonFiniteIteration,
     check_finite,
     check_update,
+    out_of_memory,
     raise_if_any_rank_bad,
     reward_failure,
     skipped_record,
@@ -517,6 +518,13 @@ class Trainer:
             raise
         except ProGRPORewardError as error:
             raise reward_failure(error, self.iteration, self._checkpoint_after_fault(saved_at)) from error.__cause__
+        except torch.OutOfMemoryError as error:
+            if isinstance(error, ProGRPOOutOfMemoryError):
+                raise
+            settings = {"micro_batch_rows": self.config.grpo.micro_batch_rows,
+                        "max_batch_rows": self.config.rollout.max_batch_rows,
+                        "width": self.config.rollout.width, "height": self.config.rollout.height}
+            raise out_of_memory(error, self.iteration, self._checkpoint_after_fault(saved_at), settings) from error
         finally:
             bar.close()
         if saved_at != self.iteration:

@@ -32,6 +32,7 @@ from ..schedule import StepCoefficients
 from .config import GRPOConfig
 from .distributed import SINGLE_PROCESS, DistributedContext
 from .loss import approx_kl, clip_fraction, clipped_surrogate, log_ratio
+from .precision import align_optimizer_state, unscale_gradients
 
 #: metric names returned by :func:`grpo_update`: means over the trained pairs, except ``rows`` (their
 #: count), ``grad_norm`` (before clipping) and ``step_skipped`` (1.0 when a non-finite norm skipped the step).
@@ -208,8 +209,9 @@ def accumulate_policy_gradient(
                     kl = gaussian_kl_same_std(step.mean, reference_mean, step.std)
                     loss = loss + grpo_config.kl_beta * kl.sum()
                     sums["kl"] += float(kl.detach().sum())
-                # Scaled by the micro-batch's share: accumulated grads equal the full-batch mean's.
-                (loss / total).backward()
+                # Scaled by the micro-batch's share: accumulated grads equal the full-batch mean's
+                # (times loss_scale, undone on the float32 LoRA gradients: see progrpo.train.precision).
+                (loss * grpo_config.loss_scale / total).backward()
             ledger.backward_rows += int(rows.shape[0])
             new_log_prob, old_log_prob = step.log_prob.detach(), batch.old_log_prob
             sums["policy_loss"] += float(per_row.detach().sum())
@@ -266,6 +268,7 @@ def grpo_update(
                                   total_survivors=int(survivors.sum()))
     optimizer.zero_grad(set_to_none=True)
     metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter)
+    unscale_gradients(params, grpo_config.loss_scale)
     if distributed.enabled:
         metrics = _global_means(metrics, distributed)
         distributed.all_reduce_gradients(params, local_weight=len(pairs) / metrics["rows"])
@@ -273,6 +276,7 @@ def grpo_update(
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     finite = math.isfinite(grad_norm)
     if finite:
+        align_optimizer_state(optimizer)  # the host may have moved the LoRA since the state was made
         optimizer.step()
     else:  # one bad batch must not write NaN into the LoRA (and the Adam moments)
         logger.warning("gradient norm is %s; optimiser step skipped (check the reward and the lr)", grad_norm)
