@@ -5,12 +5,12 @@ stock UNETLoader with ``--bf16-unet``; a random SD VAE), all in one process at 1
 
 1. One Pro-GRPO Train Loop iteration trains a LoRA; Pro-GRPO Save LoRA writes it into the loras
    folder and the stock ``LoraLoaderModelOnly`` loads it onto the same base MODEL. The stock KSampler
-   (batch 4, 128 px, 4 steps, euler, CFG 4.5) then runs on the base MODEL, on the Train Loop's MODEL
+   (batch 4, 64 px, 4 steps, euler, CFG 4.5) then runs on the base MODEL, on the Train Loop's MODEL
    output and on the LoraLoader's MODEL, interleaved (base, trained, loader, base, ...; one warm-up
    round discarded), each call a fresh seed. Target: trained output / LoraLoader <= 1.05 (median wall).
    The two LoRA models' samples are compared too (they should agree to float rounding).
 2. With the Train Loop's ``training_dtype`` input (issue 18): one Train Loop iteration (group 4,
-   128 px, 4 steps) at ``bf16`` and at ``fp32``, interleaved; the ratio bf16 / fp32 of the whole
+   64 px, 4 steps) at ``bf16`` and at ``fp32``, interleaved; the ratio bf16 / fp32 of the whole
    iteration's wall and of its update (first training forward to the end) is reported (no target:
    this CPU has AVX512-BF16, a GPU will differ). Without that input it is reported as not measurable.
 
@@ -38,9 +38,9 @@ from _common import interleaved_medians, pin_threads, write_result
 
 logger = logging.getLogger("progrpo.bench")
 TARGET = 1.05
-SAMPLE_PX, SAMPLE_STEPS, SAMPLE_BATCH, CFG = 128, 4, 4, 4.5
-TRAIN = {"group_size": 4, "steps": 4, "dynamics": "cps", "noise_level": -1.0, "cfg": CFG, "width": 128,
-         "height": 128, "iterations": 1, "lr": 1e-3, "rank": 4, "alpha": 4.0, "checkpoint_every": 0,
+SAMPLE_PX, SAMPLE_STEPS, SAMPLE_BATCH, CFG = 64, 4, 4, 4.5
+TRAIN = {"group_size": 4, "steps": 4, "dynamics": "cps", "noise_level": -1.0, "cfg": CFG, "width": 64,
+         "height": 64, "iterations": 1, "lr": 1e-3, "rank": 4, "alpha": 4.0, "checkpoint_every": 0,
          "resume": False, "seed": 0, "scheduler": "normal", "prompts_per_iteration": 1}
 
 
