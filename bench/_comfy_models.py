@@ -94,8 +94,8 @@ TINY_ARCHITECTURES = {
     "sd15": Architecture("sd15", "SD15", TINY_SD15_CONFIG, ("SD15",), (77, 768)),
     "sdxl": Architecture("sdxl", "Segmind_Vega", TINY_SDXL_CONFIG, ("Segmind_Vega", "SDXL"), (77, 2048), pooled=1280),
     "sd35m": Architecture("sd35m", "SD3", TINY_SD35_CONFIG, ("SD3",), (154, 4096), pooled=2048, latent_channels=16),
-    "flux1": Architecture("flux1", "Flux", TINY_FLUX_CONFIG, ("Flux",), (256, 4096), pooled=768, latent_channels=16,
-                          cfg=1.0, extra={"guidance": 3.5}),
+    "flux1": Architecture("flux1", "Flux", TINY_FLUX_CONFIG, ("Flux",), (16, 4096), pooled=768, latent_channels=16,
+                          cfg=1.0, extra={"guidance": 3.5}),  # 16 text tokens: a CPU smoke, not a T5 length
 }
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16",
@@ -140,7 +140,7 @@ def random_state_dict(architecture: Architecture, dtype: torch.dtype, seed: int 
                       device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """The whole random state dict in memory (``device``: make it on the GPU to spare host RAM and time)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    return {key: random_tensor(key, shape, dtype if stored.is_floating_point() else stored, generator, device)
+    return {key: random_tensor(key, shape, dtype if stored.is_floating_point else stored, generator, device)
             for key, (shape, stored) in meta_state_shapes(architecture).items()}
 
 
