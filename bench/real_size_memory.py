@@ -481,20 +481,32 @@ def comfyui_version() -> str:
 
 def readme_snippet(table: str, summary: dict[str, dict], meta: dict) -> str:
     """The README's "Memory and precision" table and its paragraph (pasted by hand)."""
-    return (
+    figures = []
+    for size, values in summary.items():
+        if values["ckpt_mb1_ratio"] is not None:
+            figures.append(f"{NAMES[size]} {values['ckpt_mb1_ratio']:.2f}x ({values['verdict']})")
+    per_row = ", ".join(f"{NAMES[size]} {values['ckpt_activation_mb_per_row']:.0f} MB"
+                        for size, values in summary.items() if values["ckpt_activation_mb_per_row"] is not None)
+    text = (
         "#### Measured memory on real-size models (CPU)\n\n"
         "`bench/real_size_memory.py` writes random-weight SD1.5 (860 M) and SDXL (2.6 B) diffusion models in bf16 "
         "with ComfyUI's key layout, loads them with the stock UNETLoader and VAELoader (kept in bf16 with "
-        "`--bf16-unet`; a CPU computes in fp32) and measures each run's peak resident memory in its own process: "
-        "the stock KSampler + VAEDecode on the same group as the sampling reference, and one Train Loop "
-        f"iteration (rollout, decode, reward, and the update up to its first {meta['update_micro_batches']} "
-        "micro-batch(es), which reach the update's peak since every micro-batch has the same shape) per "
-        "gradient-checkpointing and `micro_batch_rows` setting. The target is a training peak within 1.3x the "
-        "sampling peak at `micro_batch_rows` 1 with checkpointing; the activation memory one more micro-batch row "
-        "costs is (peak at 4 rows - peak at 1 row) / 3. A GPU holds the same weights in VRAM, so the ratios carry "
-        "over; the absolute figures include about 1 GB of Python, torch and ComfyUI.\n\n" + table
+        "`--bf16-unet`; on a CPU ComfyUI computes in fp32, casting each layer's weight per call) and measures the "
+        "peak resident memory of each run in its own process: the stock KSampler + VAEDecode on the same group "
+        "(batch 4, 256 px, CFG 4.5) as the sampling reference, and one Train Loop iteration (group 4, "
+        "prompts_per_iteration 1: rollout, decode, reward, then the update up to the end of its first "
+        f"{meta['update_micro_batches']} micro-batch(es), which reaches the update's peak since every micro-batch "
+        "has the same shape) per gradient-checkpointing and `micro_batch_rows` setting. The target is a training "
+        "peak within 1.3x the sampling peak at `micro_batch_rows` 1 with checkpointing"
+        + (f"; measured: {', '.join(figures)}" if figures else "")
+        + ". The activation memory of one more micro-batch row is (peak at 4 rows - peak at 1 row) / 3"
+        + (f": {per_row} with checkpointing" if per_row else "")
+        + ". Peaks do not depend on the number of sampling steps (every model call has the same shape), so rows "
+        "measured at 2 steps to save time on the shared 2-core machine stand beside 4-step ones. The absolute "
+        "figures include about 1.4 GB of Python, torch, ComfyUI and the fp32 VAE; a GPU holds the same weights and "
+        "activations in VRAM (in bf16 there: activations about half these fp32 ones).\n\n"
     )
-
+    return text + table
 
 if __name__ == "__main__":
     main()
