@@ -2,10 +2,12 @@
 
 For each model (random weights at the real size, in ComfyUI's layout: SD1.5 UNet 860 M, SDXL UNet
 2.6 B, SD3.5-Medium MMDiT-X 2.5 B, Flux.1 12 B; bench/_comfy_models.py) and each weight format
-(``bf16``; ``fp8``: ComfyUI's UNETLoader ``weight_dtype`` fp8_e4m3fn; ``fp8_fast``:
-fp8_e4m3fn_fast, opt-in), a child process makes the random state dict directly on the GPU (no file,
-little host RAM) and hands it to ``comfy.sd.load_diffusion_model_state_dict`` -- what UNETLoader
-calls after reading a file, with the same ``model_options`` -- then checks the detected class. It
+(``bf16``: UNETLoader's default with ``--bf16-unet``; ``fp8``: its ``weight_dtype`` fp8_e4m3fn;
+``fp8_fast``: fp8_e4m3fn_fast, opt-in), a child process makes the random state dict directly on the
+GPU (no file to write or read; seconds even for Flux) and hands it to
+``comfy.sd.load_diffusion_model_state_dict`` -- what UNETLoader calls after reading a file, with the
+same ``model_options``, so the model is built in host RAM (its stored size, 24 GB for Flux in bf16)
+and ComfyUI moves it to the GPU -- then checks the detected class. It
 runs one warm-up Train Loop iteration at the smallest size, then one measured iteration per image
 size (512 and 1024 px; group 4, 4 steps, CFG 4.5, Flux guidance 3.5 at CFG 1, the node's defaults
 for training_dtype (auto: bf16), gradient checkpointing (on) and micro_batch_rows unless given),
@@ -46,7 +48,8 @@ from _common import RESULTS, write_result
 logger = logging.getLogger("progrpo.bench")
 MODELS = ("sd15", "sdxl", "sd35m", "flux1")
 NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "sd35m": "SD3.5 Medium", "flux1": "Flux.1"}
-#: weight format -> UNETLoader weight_dtype (its model_options below).
+#: weight format -> UNETLoader weight_dtype (its model_options below); bf16 is "default" with ComfyUI's
+#: --bf16-unet, since "default" alone stores SD1.5/SDXL in fp16 on most GPUs.
 WEIGHTS = {"bf16": "default", "fp8": "fp8_e4m3fn", "fp8_fast": "fp8_e4m3fn_fast"}
 GROUP, STEPS = 4, 4
 NO_CUDA = ("gpu_check.py needs a CUDA device (torch.cuda.is_available() is False here: torch {torch}, CUDA build "
@@ -83,10 +86,12 @@ def load_extension(cpu: bool, output_dir: Path) -> Any:
 
 
 def model_options(weights: str) -> dict:
-    """UNETLoader's model_options for its weight_dtype (nodes.UNETLoader.load_unet)."""
+    """UNETLoader's model_options for its weight_dtype (nodes.UNETLoader.load_unet; bf16: as --bf16-unet)."""
     import torch
 
     name = WEIGHTS[weights]
+    if weights == "bf16":
+        return {"dtype": torch.bfloat16}
     if name == "fp8_e4m3fn":
         return {"dtype": torch.float8_e4m3fn}
     if name == "fp8_e4m3fn_fast":
@@ -242,15 +247,17 @@ def markdown(rows: list[dict], device: str, dry_run: bool) -> str:
     memory = "peak RSS MB" if dry_run else "peak VRAM GB"
     lines = [(f"Train Loop iteration on {device}: group {GROUP}, random weights"
               f"{' (tiny configs)' if dry_run else ''}."), "",
-             f"| model | parameters | weights | px | {memory} | s / iteration | detected as |", "|---|---|---|---|---|---|---|"]
+             f"| model | parameters | weights | stored as | px | {memory} | s / iteration | detected as |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         params = f"{row['parameters'] / 1e9:.2f} B" if "parameters" in row else ""
         if "error" in row:
-            lines.append(f"| {NAMES[row['model']]} | {params} | {row['weights']} | {row['px']} | "
+            lines.append(f"| {NAMES[row['model']]} | {params} | {row['weights']} | | {row['px']} | "
                          f"error: {row['error'][:120]} | | |")
             continue
         peak = f"{row['peak_mb']:.0f}" if dry_run else f"{row['peak_mb'] / 1024:.1f}"
-        lines.append(f"| {NAMES[row['model']]} | {params} | {row['weights']} | {row['px']} | {peak} | "
+        lines.append(f"| {NAMES[row['model']]} | {params} | {row['weights']} | "
+                     f"{row['weight_dtype'].removeprefix('torch.')} | {row['px']} | {peak} | "
                      f"{row['seconds']:.1f} | {row['detected']} |")
     return "\n".join(lines) + "\n"
 
