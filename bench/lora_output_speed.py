@@ -105,7 +105,7 @@ def lora_speed(extension: Any, model: Any, vae: Any, reward: Any, positive: list
                                                positive, negative), repeats=repeats, warmup=1)
     ratio = medians["trained_output"] / medians["lora_loader"]
     return {"medians": medians, "ratio": ratio, "target": TARGET, "verdict": "PASS" if ratio <= TARGET else "MISS",
-            "noise_base_over_loader": medians["base"] / medians["lora_loader"],
+            "base_over_loader": medians["base"] / medians["lora_loader"],
             "trained_vs_loader_max_abs_diff": float((trained_out - loaded_out).abs().max()),
             "lora_effect_max_abs": float((trained_out - base_out).abs().max()),
             "trained_output_patches": len(getattr(trained, "patches", {})),
@@ -160,10 +160,11 @@ def main() -> None:
             reward = extension.ProGRPORewardLoader.execute("brightness", "(none)", "(none)", 1.0).result[0]
         speed = lora_speed(extension, model, vae, reward, positive, negative, repeats)
         logger.info("KSampler median s: base %.3f, Train Loop output %.3f, LoraLoaderModelOnly %.3f; ratio output / "
-                    "loader %.3f (target <= %.2f) %s; base / loader %.3f (the noise: same compute on a CPU, where "
-                    "ComfyUI merges LoRA patches into the weights); max |output - loader| %.2e (LoRA effect %.2e)",
+                    "loader %.3f (target <= %.2f) %s; base / loader %.3f (context: ComfyUI re-patches the weights "
+                    "whenever the interleaved calls switch to a patched MODEL); max |output - loader| %.2e (LoRA "
+                    "effect %.2e)",
                     speed["medians"]["base"], speed["medians"]["trained_output"], speed["medians"]["lora_loader"],
-                    speed["ratio"], TARGET, speed["verdict"], speed["noise_base_over_loader"],
+                    speed["ratio"], TARGET, speed["verdict"], speed["base_over_loader"],
                     speed["trained_vs_loader_max_abs_diff"], speed["lora_effect_max_abs"])
         precision = precision_speed(extension, model, vae, reward, positive, negative, train_repeats)
         if precision["status"] == "ok":
