@@ -506,7 +506,26 @@ def readme_snippet(table: str, summary: dict[str, dict], meta: dict) -> str:
         "figures include about 1.4 GB of Python, torch, ComfyUI and the fp32 VAE; a GPU holds the same weights and "
         "activations in VRAM (in bf16 there: activations about half these fp32 ones).\n\n"
     )
-    return text + table
+    return text + table + speed_paragraph()
+
+
+def speed_paragraph() -> str:
+    """The lora_output_speed.py figures, when its result file is there."""
+    path = RESULTS / "lora_output_speed.json"
+    if not path.is_file():
+        return ""
+    result = json.loads(path.read_text())
+    speed, precision = result["lora_speed"], result["precision"]
+    text = (f"\nSampling with the Train Loop's MODEL output takes {speed['ratio']:.3f}x the time of sampling with the "
+            f"same LoRA file loaded by the stock LoraLoaderModelOnly (target <= 1.05, median of {speed['repeats']} "
+            "interleaved KSampler runs, tiny SD1.5-family UNet; both give bit-identical samples: the output carries "
+            "the LoRA as ordinary weight patches, `bench/lora_output_speed.py`).")
+    if precision.get("status") == "ok":
+        text += (f" On this CPU (AVX2 only: bf16 is emulated) a Train Loop iteration at training_dtype bf16 takes "
+                 f"{precision['iteration_ratio_bf16_over_fp32']:.2f}x the fp32 one (update alone "
+                 f"{precision['update_ratio_bf16_over_fp32']:.2f}x), which is why auto picks fp32 on a CPU; "
+                 "GPUs with bf16 support are the opposite case.")
+    return text + "\n"
 
 if __name__ == "__main__":
     main()
