@@ -25,9 +25,13 @@ row, (peak mb 4 - peak mb 1) / 3. Writes bench/results/real_size_memory.{json,md
 snippet bench/results/real_size_memory_README_snippet.md.
 
 Memory is the measure here, not time: processes run one at a time (one real-size model in
-memory), at ``--threads`` torch threads (default 1). On 2 shared cores at 1 thread: SD1.5 about
-25 min for all five measurements, SDXL about an hour; the model files are deleted at the end
-unless ``--keep-files``.
+memory, SDXL's load peaks near 11 GB), at ``--threads`` torch threads (default 1). A peak does not
+depend on the number of sampling steps (every model call of a run has the same shape); ``--steps 2``
+halves the rollouts when time is short, and ``--reuse`` keeps rows of an earlier run (other step
+counts included, each row shows its steps). Times on the 2-core machine shared with other work (load
+average 8-13): SD1.5 sampling 9 min, SDXL sampling 32 min (4 steps, 1 thread); a Train Loop
+iteration about as long as its sampling plus the update's micro-batch. Unloaded, expect a third of
+that. The model files are deleted at the end unless ``--keep-files``.
 
     .venv/bin/python bench/real_size_memory.py --quick            # SD1.5 only
     .venv/bin/python bench/real_size_memory.py --sizes sd15,sdxl  # both (the default)
