@@ -74,11 +74,14 @@ def load_extension(cpu: bool, output_dir: Path) -> Any:
     sys.path.insert(0, str(BENCH.parent / "tests" / "nodes"))
     from comfy_harness import load_extension_nodes
 
-    if not cpu:  # load_extension_nodes would force the CPU: import ComfyUI first as on the GPU, then the nodes
+    extension = load_extension_nodes()
+    if not cpu:  # the harness sets --cpu; the device was already picked (CUDA) by import_comfy(cpu=False)
         import comfy.cli_args
+        import comfy.model_management
 
         comfy.cli_args.args.cpu = False
-    extension = load_extension_nodes()
+        if comfy.model_management.get_torch_device().type != "cuda":
+            raise RuntimeError(f"ComfyUI picked {comfy.model_management.get_torch_device()}, not CUDA")
     import folder_paths
 
     folder_paths.set_output_directory(str(output_dir))
