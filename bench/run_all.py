@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/run_all.py            # full settings, ~20 min on 2 cores
     .venv/bin/python bench/run_all.py --quick    # fewer repeats/epochs (warm-ups still discarded), < 10 min
+    .venv/bin/python bench/run_all.py --heavy    # also real_size_memory (real-size SD1.5/SDXL on the CPU, 1-2 h)
+    .venv/bin/python bench/run_all.py --gpu      # also gpu_check (needs CUDA; a SKIP row without it)
 
 Every speed figure is a ratio of runs interleaved in one process at 1 torch thread (see each
 script's docstring); absolute times are context only. Writes ``bench/results/summary.json``.
@@ -25,7 +27,10 @@ from _common import RESULTS, write_result
 logger = logging.getLogger("progrpo.bench")
 
 #: script -> result file name; run in this order (the cheap, independent ones first).
-BENCHMARKS = ("logprob_overhead", "comfyui_sampler", "train_step", "rollout_cost", "peer_trl")
+BENCHMARKS = ("logprob_overhead", "comfyui_sampler", "train_step", "rollout_cost", "peer_trl", "lora_output_speed")
+#: opt-in: --heavy (long, several GB of RAM) and --gpu (CUDA only).
+HEAVY = ("real_size_memory",)
+GPU = ("gpu_check",)
 
 
 def _read(name: str) -> dict | None:
@@ -38,12 +43,14 @@ def _row(benchmark: str, measure: str, value: float | None, target: str, verdict
             "note": note}
 
 
-def summary_rows(errors: dict[str, str]) -> list[dict]:
-    """One row per ratio, from the result files the benchmarks wrote."""
+def summary_rows(errors: dict[str, str], extra: tuple[str, ...] = ()) -> list[dict]:
+    """One row per ratio, from the result files the benchmarks wrote (``extra``: the opt-in ones run)."""
     rows: list[dict] = []
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *extra):
         if name in errors:
-            rows.append(_row(name, "(benchmark failed)", None, "", "ERROR", errors[name]))
+            skipped = "needs a CUDA device" in errors[name]  # gpu_check on a machine without CUDA
+            rows.append(_row(name, "(benchmark failed)" if not skipped else "(no CUDA device)", None, "",
+                             "SKIP" if skipped else "ERROR", errors[name]))
             continue
         result = _read(name)
         if result is None:
@@ -81,20 +88,54 @@ def summary_rows(errors: dict[str, str]) -> list[dict]:
                                  f"ours {medians['ours'][figure]:.4f}, TRL {medians['trl'][figure]:.4f}"))
             rows.append(_row(name, "ours / TRL DDPO, epoch wall", result["ratios"]["epoch_s"], "(context)", "",
                              f"ours {medians['ours']['epoch_s']:.2f} s, TRL {medians['trl']['epoch_s']:.2f} s"))
+        else:
+            rows += _issue18_rows(name, result)
+    return rows
+
+
+def _issue18_rows(name: str, result: dict) -> list[dict]:
+    """Rows of the memory/precision benchmarks (lora_output_speed, real_size_memory, gpu_check)."""
+    rows = []
+    if name == "lora_output_speed":
+        speed, precision = result["lora_speed"], result["precision"]
+        rows.append(_row(name, "Train Loop MODEL output / LoraLoaderModelOnly, KSampler wall", speed["ratio"],
+                         "<= 1.05", speed["verdict"]))
+        if precision.get("status") == "ok":
+            rows.append(_row(name, "Train Loop iteration, training_dtype bf16 / fp32 (CPU)",
+                             precision["iteration_ratio_bf16_over_fp32"], "(context)", "",
+                             f"update only {precision['update_ratio_bf16_over_fp32']:.3f}"))
+        else:
+            rows.append(_row(name, "Train Loop iteration, training_dtype bf16 / fp32 (CPU)", None, "(context)",
+                             "SKIP", precision.get("status", "")))
+    elif name == "real_size_memory":
+        for size, summary in result["summary"].items():
+            rows.append(_row(name, f"{size}: training / sampling peak RSS (ckpt, micro-batch 1)",
+                             summary["ckpt_mb1_ratio"], f"<= {result['target']}", summary["verdict"],
+                             f"activation {summary['ckpt_activation_mb_per_row'] or float('nan'):.0f} MB per extra row"))
+    elif name == "gpu_check":
+        for row in result["rows"]:
+            value = None if "error" in row else row["peak_mb"] / 1024
+            rows.append(_row(name, f"{row['model']} {row['weights']} {row['px']} px: peak VRAM GB", value,
+                             "(context)", "ERROR" if "error" in row else "",
+                             row.get("error", f"{row.get('seconds', 0):.1f} s/iteration on {result['device']}")))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's --quick setting")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run these only (the table still reads all)")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS + HEAVY + GPU,
+                        help="run these only (the table still reads all)")
+    parser.add_argument("--heavy", action="store_true", help=f"also run {', '.join(HEAVY)} (1-2 h, ~10 GB RAM)")
+    parser.add_argument("--gpu", action="store_true", help=f"also run {', '.join(GPU)} (CUDA)")
     args = parser.parse_args()
+    extra = (HEAVY if args.heavy else ()) + (GPU if args.gpu else ())
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     errors: dict[str, str] = {}
-    for name in args.only or BENCHMARKS:
+    for name in args.only or (*BENCHMARKS, *extra):
         command = [sys.executable, str(BENCH / f"{name}.py"), *(["--quick"] if args.quick else [])]
         logger.info("== %s", " ".join(command[1:]))
         began = time.perf_counter()
@@ -107,7 +148,7 @@ def main() -> None:
             errors[name] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"
         logger.info("   (%.0f s)", seconds[name])
     total = time.perf_counter() - started
-    rows = summary_rows(errors)
+    rows = summary_rows(errors, tuple(n for n in (*HEAVY, *GPU) if n in extra or n in (args.only or ())))
     logger.info("")
     logger.info("%-16s %-62s %8s %11s %7s  %s", "benchmark", "measure", "value", "target", "verdict", "note")
     for row in rows:
