@@ -59,7 +59,7 @@ class TrainingOptions:
     max_batch_rows: int = 8
 
     def __post_init__(self) -> None:
-        if self.training_dtype not in TRAINING_DTYPES:
+        if not isinstance(self.training_dtype, str) or self.training_dtype not in TRAINING_DTYPES:
             raise ProGRPOConfigError(
                 f"training_dtype: {self.training_dtype!r} is not one of {sorted(TRAINING_DTYPES)}."
             )
@@ -253,6 +253,16 @@ def training_option_inputs() -> list[Any]:
                      tooltip="Trajectories per model call while sampling and per VAE decode (0: the whole group at "
                      "once). Lower it when sampling runs out of memory; results change only by rounding."),
     ]
+
+
+def updates_per_rollout_input() -> Any:
+    """The optional ``updates_per_rollout`` input (Flow-GRPO's two optimiser steps per sampled batch)."""
+    from comfy_api.latest import io
+
+    return io.Int.Input("updates_per_rollout", default=2, min=1, max=64, optional=True,
+                        tooltip="Optimiser steps per rollout, each on a disjoint share of the survivors' (trajectory, "
+                        "step) pairs (Flow-GRPO: 2). From the second on the update is off-policy, so the clip "
+                        "range binds; 1 is one on-policy step per rollout.")
 
 
 def options_from(training_dtype: str, gradient_checkpointing: bool, micro_batch_rows: int,

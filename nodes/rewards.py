@@ -22,7 +22,7 @@ from progrpo.rewards.reward_folder import read_reward_config
 from progrpo.rewards.runtime import DEFAULT_BATCH_SIZE, PRECISIONS
 
 from .expanded_sampler import RewardType
-from .input_checks import check_numbers
+from .input_checks import check_choices, check_numbers
 from .paths import resolve_inside
 
 FOLDER = "rewards"
@@ -164,15 +164,27 @@ class ProGRPORewardLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, reward: str | None = None, model: str | None = None,
-                        aesthetic_head: str | None = None, weight: float | None = None) -> bool | str:
+                        aesthetic_head: str | None = None, weight: float | None = None, device: str | None = None,
+                        precision: str | None = None) -> bool | str:
         # Declaring model/aesthetic_head here makes ComfyUI skip its own "value not in list" check, so a
-        # missing file gets our message naming the folder; device/precision/batch_size keep ComfyUI's checks.
-        return _check_choice(reward, model, aesthetic_head) or check_numbers(cls, weight=weight)
+        # missing file gets our message naming the folder. ComfyUI 0.3.75 checks no V3 combo value, so
+        # device and precision are checked here; batch_size keeps ComfyUI's integer range check.
+        problem = _check_choice(reward, model, aesthetic_head)
+        if problem:
+            return problem
+        for checked in (check_choices(cls, device=device, precision=precision), check_numbers(cls, weight=weight)):
+            if checked is not True:
+                return checked
+        return True
 
     @classmethod
     def execute(cls, reward: str, model: str, aesthetic_head: str, weight: float, device: str = COMFY_DEVICE,
                 precision: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> io.NodeOutput:
         problem = _check_choice(reward, model, aesthetic_head)
+        for name, value in (("device", device), ("precision", precision)):
+            # a JSON null reaches execute unchecked (validate_inputs takes None for a linked input)
+            checked = check_choices(cls, **{name: value}) if value is not None else f"{name}: a value is required."
+            problem = problem or (checked if checked is not True else None)
         if problem:
             raise ProGRPOConfigError(problem)
         options: dict[str, Any] = {}

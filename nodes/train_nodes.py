@@ -41,7 +41,7 @@ from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
 from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
-from .comfy_training import TrainingSession, options_from, training_option_inputs
+from .comfy_training import TrainingSession, options_from, training_option_inputs, updates_per_rollout_input
 from .expanded_sampler import RewardType, RolloutType
 from .input_checks import check_choices, check_numbers
 from .paths import resolve_inside
@@ -195,6 +195,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                                 tooltip="With clip and no prompt_file: the prompts to train on, one per line "
                                 "(kept inside the workflow, so a shared workflow carries them)."),
                 *training_option_inputs(),
+                updates_per_rollout_input(),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -210,9 +211,11 @@ class ProGRPOTrainLoop(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None, cfg: float | None = None,
                         lr: float | None = None, alpha: float | None = None, dynamics: str | None = None,
-                        scheduler: str | None = None, selection: str | None = None) -> bool | str:
+                        scheduler: str | None = None, selection: str | None = None,
+                        training_dtype: str | None = None) -> bool | str:
         for checked in (check_numbers(cls, cfg=cfg, lr=lr, alpha=alpha), check_noise_level(noise_level),
-                        check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection)):
+                        check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection,
+                                      training_dtype=training_dtype)):
             if checked is not True:
                 return checked
         if noise_level == 0:
@@ -232,7 +235,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 prune_schedule: PruneSchedule | None = None, selection: str = "ovf",
                 prompts_per_iteration: int = 1, prompts: str = "", training_dtype: str = "auto",
                 gradient_checkpointing: bool = True, micro_batch_rows: int = 2,
-                max_batch_rows: int = 8) -> io.NodeOutput:
+                max_batch_rows: int = 8, updates_per_rollout: int = 2) -> io.NodeOutput:
         options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, max_batch_rows)
         output_dir = run_directory(run_name)
         if clip is not None and positive is not None:
@@ -290,7 +293,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 ),
                 lora=LoraSettings(rank=rank, alpha=alpha, target_modules=DEFAULT_TARGETS),
                 optim=OptimConfig(lr=lr),
-                grpo=GRPOConfig(micro_batch_rows=options.micro_batch_rows, loss_scale=loss_scale),
+                grpo=GRPOConfig(micro_batch_rows=options.micro_batch_rows, loss_scale=loss_scale,
+                                updates_per_rollout=updates_per_rollout),
             )
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
@@ -413,6 +417,7 @@ class ProGRPOTrainStep(io.ComfyNode):
                                    tooltip="LoRA to continue from (the lora output of a previous step); "
                                    "unconnected: a fresh LoRA."),
                 *training_option_inputs()[:3],  # the rollout is given: no sampling chunk here
+                updates_per_rollout_input(),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="A copy of the MODEL with the updated LoRA applied as "
@@ -423,13 +428,15 @@ class ProGRPOTrainStep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lr: float | None = None, alpha: float | None = None) -> bool | str:
-        return check_numbers(cls, lr=lr, alpha=alpha)
+    def validate_inputs(cls, lr: float | None = None, alpha: float | None = None,
+                        training_dtype: str | None = None) -> bool | str:
+        checked = check_numbers(cls, lr=lr, alpha=alpha)
+        return checked if checked is not True else check_choices(cls, training_dtype=training_dtype)
 
     @classmethod
     def execute(cls, model: Any, rollout: Any, lr: float, rank: int, alpha: float, seed: int,
                 lora: dict | None = None, training_dtype: str = "auto", gradient_checkpointing: bool = True,
-                micro_batch_rows: int = 2) -> io.NodeOutput:
+                micro_batch_rows: int = 2, updates_per_rollout: int = 2) -> io.NodeOutput:
         import json
 
         from progrpo.advantages import group_advantages
@@ -451,7 +458,7 @@ class ProGRPOTrainStep(io.ComfyNode):
         session = TrainingSession(adapter, options)
         denoiser = _TrainDenoiser(adapter.patcher, scheduler=getattr(rollout, "comfy_scheduler", "normal"))
         denoiser.prompts = prompts
-        grpo = GRPOConfig(micro_batch_rows=options.micro_batch_rows,
+        grpo = GRPOConfig(micro_batch_rows=options.micro_batch_rows, updates_per_rollout=updates_per_rollout,
                           loss_scale=loss_scale_for(session.compute_dtype, tuple(rollout.latents.shape[2:])))
         advantages = group_advantages(rollout.final_rewards, rollout.prompt_index, std_mode=grpo.std_mode,
                                       clip=grpo.adv_clip)

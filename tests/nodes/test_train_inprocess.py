@@ -210,7 +210,8 @@ def test_train_step_updates_the_lora_on_policy_from_an_expanded_sampler_rollout(
             ).result[1]
 
     with torch.inference_mode():
-        first_model, first_lora, metrics = ext.ProGRPOTrainStep.execute(model, sample(model), 3e-2, 2, 2.0, 0).result
+        first_model, first_lora, metrics = ext.ProGRPOTrainStep.execute(model, sample(model), 3e-2, 2, 2.0, 0,
+                                                                        updates_per_rollout=1).result
     metrics = json.loads(metrics)
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-5 and metrics["grad_norm"] > 0  # on-policy, learning
     before = _ksampler(model, positive, negative)
@@ -218,7 +219,8 @@ def test_train_step_updates_the_lora_on_policy_from_an_expanded_sampler_rollout(
     with torch.inference_mode():  # the next step continues the LoRA on a rollout of the updated model
         _, second_lora, metrics = ext.ProGRPOTrainStep.execute(model, sample(first_model), 3e-2, 2, 2.0, 0,
                                                                lora=first_lora).result
-    assert abs(json.loads(metrics)["ratio_mean"] - 1.0) < 1e-5
+    metrics = json.loads(metrics)  # two optimiser steps (the default): the second one is off-policy
+    assert metrics["optimizer_steps"] == 2 and metrics["ratio_deviation_off_policy"] > 0
     assert second_lora.keys() == first_lora.keys()
     assert any(not torch.equal(second_lora[k], first_lora[k]) for k in first_lora)
     assert torch.equal(_ksampler(model, positive, negative), before)
