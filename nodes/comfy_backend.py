@@ -131,6 +131,7 @@ class ComfyDenoiser:
         scheduler: str = "normal",
         sigmas: torch.Tensor | None = None,
         seed: int = 0,
+        guidance: float | None = None,
     ) -> None:
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:
             raise ProGRPOConfigError(
@@ -142,6 +143,9 @@ class ComfyDenoiser:
         self.scheduler = scheduler
         self.sigmas = None if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64).cpu().reshape(-1)
         self.seed = int(seed)
+        #: guidance strength for guidance-distilled models (Flux.1-dev, Flux.2), set on every CONDITIONING that
+        #: has none, as the stock FluxGuidance node sets it; None leaves the conditioning as it is
+        self.guidance = None if guidance is None else float(guidance)
         self.kind = schedule_kind(model.get_model_object("model_sampling"))
         self.prompts = PromptTable()
         self._text_rows: dict[str, int] = {}
@@ -161,6 +165,12 @@ class ComfyDenoiser:
     @property
     def latent_format(self) -> Any:
         return self.model.model.latent_format
+
+    @property
+    def video_latents(self) -> bool:
+        """ComfyUI keeps this model's latents 5-D [B, C, T, H, W] (Qwen-Image's Wan 2.1 format); progrpo's are
+        [B, C, H, W] with T = 1, so the time axis is added at the model, VAE and LATENT boundaries."""
+        return int(getattr(self.latent_format, "latent_dimensions", 2)) == 3
 
     # --- the Denoiser protocol ------------------------------------------------------------------
 
@@ -264,8 +274,8 @@ class ComfyDenoiser:
                     "Connect the model's VAE."
                 )
             return (latents.float() / 2 + 0.5).clamp(0, 1).expand(-1, 3, -1, -1)
-        images = self.vae.decode(self.to_comfy_latent(latents))  # [B, H, W, C] in [0, 1]
-        images = images.float().movedim(-1, 1)
+        images = self.vae.decode(self.to_comfy_latent(latents))  # [B, H, W, C] ([B, T, H, W, C]) in [0, 1]
+        images = images.float().reshape(-1, *images.shape[-3:]).movedim(-1, 1)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
     # --- ComfyUI side ---------------------------------------------------------------------------
@@ -281,10 +291,10 @@ class ComfyDenoiser:
         ``positive``: one CONDITIONING (P = 1) or a list of P, one prompt each. ``negative``: one
         (shared), P, or ``None`` (guidance off). ``prompts``: the texts, for rewards that read them.
         """
-        positive_rows = [self.prompts.add(c) for c in self._as_list(positive, "positive")]
+        positive_rows = [self.prompts.add(self._guided(c)) for c in self._as_list(positive, "positive")]
         negative_rows = None
         if negative is not None:
-            negative_rows = [self.prompts.add(c) for c in self._as_list(negative, "negative")]
+            negative_rows = [self.prompts.add(self._guided(c)) for c in self._as_list(negative, "negative")]
             if len(negative_rows) not in (1, len(positive_rows)):
                 raise ProGRPOConfigError(
                     f"negative has {len(negative_rows)} conditionings for {len(positive_rows)} prompts; pass one "
@@ -296,11 +306,13 @@ class ComfyDenoiser:
         return self._rows_conditioning(positive_rows, negative_rows, texts)
 
     def to_comfy_latent(self, latents: torch.Tensor) -> torch.Tensor:
-        """Model-space latents -> ComfyUI LATENT ``samples`` (``process_latent_out``)."""
-        return self.model.model.process_latent_out(latents)
+        """Model-space latents [B,C,H,W] -> ComfyUI LATENT ``samples`` (``process_latent_out``; 5-D for video formats)."""
+        return self.model.model.process_latent_out(latents.unsqueeze(2) if self.video_latents else latents)
 
     def from_comfy_latent(self, samples: torch.Tensor) -> torch.Tensor:
-        """ComfyUI LATENT ``samples`` -> model-space latents (``process_latent_in``)."""
+        """ComfyUI LATENT ``samples`` -> model-space latents [B,C,H,W] (``process_latent_in``)."""
+        if self.video_latents:
+            return self.model.model.process_latent_in(samples if samples.ndim == 5 else samples.unsqueeze(2)).squeeze(2)
         return self.model.model.process_latent_in(samples)
 
     # --- internals ------------------------------------------------------------------------------
@@ -308,6 +320,8 @@ class ComfyDenoiser:
     def _denoise(self, model_input: torch.Tensor, sigma: torch.Tensor, conds: dict[str, ComfyConditioning],
                  cfg: float) -> torch.Tensor:
         """One guided model call through CFGGuider.sample -> x0 [B,C,H,W] (ComfyUI's k-diffusion space)."""
+        if self.video_latents and model_input.ndim == 4:
+            return self._denoise(model_input.unsqueeze(2), sigma, conds, cfg).squeeze(2)
         guider = comfy.samplers.CFGGuider(self.model)
         guider.inner_set_conds(conds)
         guider.set_cfg(cfg)
@@ -339,8 +353,15 @@ class ComfyDenoiser:
         """Table index of ``text`` encoded with ``clip`` (encoded once per distinct text)."""
         if text not in self._text_rows:
             encoded = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-            self._text_rows[text] = self.prompts.add(encoded)
+            self._text_rows[text] = self.prompts.add(self._guided(encoded))
         return self._text_rows[text]
+
+    def _guided(self, conditioning: ComfyConditioning) -> ComfyConditioning:
+        """``conditioning`` with ``guidance`` set where an entry has none (FluxGuidance upstream wins)."""
+        if self.guidance is None or all("guidance" in options for _, options in conditioning):
+            return conditioning
+        return [[tokens, options if "guidance" in options else {**options, "guidance": self.guidance}]
+                for tokens, options in conditioning]
 
     def _rows_conditioning(self, positive: list[int], negative: list[int] | None, prompts: list[str]) -> Conditioning:
         def rows(indices: list[int]) -> dict[str, torch.Tensor]:

@@ -48,12 +48,13 @@ from comfy.weight_adapter.lora import LoraDiff
 
 from progrpo.errors import ProGRPOConfigError
 
-#: module-path suffixes trained by default: the attention projections, as ComfyUI names them in
-#: UNets (SD1.x/SDXL: to_q/to_k/to_v/to_out.0), MMDiT (SD3: joint_blocks.N.{x,context}_block.attn.qkv
-#: / .proj) and Flux (double blocks img_attn / txt_attn .qkv / .proj). Exact suffixes: a UNet's
-#: feed-forward ``ff.net.0.proj`` does not match ``attn.proj``.
+#: module-path suffixes trained when none are given: the attention projections of UNets (SD1.x/SDXL),
+#: MMDiT (SD3) and Flux double blocks. The nodes pass the MODEL family's preset instead
+#: (:mod:`.model_families`). Exact suffixes: a UNet's feed-forward ``ff.net.0.proj`` does not match
+#: ``attn.proj``; ``*`` matches every Linear layer.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "attn.qkv", "attn.proj", "img_attn.qkv", "img_attn.proj",
                    "txt_attn.qkv", "txt_attn.proj")
+ALL_LINEAR = "*"
 WEIGHTS_FILE = "lora.safetensors"
 SETTINGS_FILE = "lora_settings.json"
 
@@ -145,7 +146,20 @@ def training_context() -> Iterator[None]:
 
 
 def _matches(path: str, targets: Sequence[str]) -> bool:
-    return any(path == t or path.endswith("." + t) for t in targets)
+    return any(t == ALL_LINEAR or path == t or path.endswith("." + t) for t in targets)
+
+
+def _trainable(path: str, module: torch.nn.Module) -> bool:
+    """A Linear layer of the diffusion model that ComfyUI can wrap (its ops have ``weight_function``)."""
+    weight = getattr(module, "weight", None)
+    return (hasattr(module, "weight_function") and weight is not None and weight.ndim == 2
+            and path.startswith("diffusion_model."))
+
+
+def matched_weight_keys(model: torch.nn.Module, targets: Sequence[str]) -> list[str]:
+    """``diffusion_model.<path>.weight`` of every trainable layer of ``model`` that ``targets`` match."""
+    return [f"{path}.weight" for path, module in model.named_modules()
+            if _trainable(path, module) and _matches(path, targets)]
 
 
 def kohya_key_names(model: Any, weight_keys: Sequence[str]) -> dict[str, str]:
@@ -208,11 +222,10 @@ class ComfyLoraAdapter:
         with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) % (2**63))
             for path, module in self.patcher.model.named_modules():
-                weight = getattr(module, "weight", None)
-                if not (hasattr(module, "weight_function") and weight is not None and weight.ndim == 2
-                        and path.startswith("diffusion_model.") and _matches(path, self.targets)):
+                if not (_trainable(path, module) and _matches(path, self.targets)):
                     continue
                 key = f"{path}.weight"
+                weight = module.weight
                 # initialised on the CPU (the same numbers on every device), then placed where ComfyUI runs
                 # the model; ComfyUI moves it with the model afterwards (``move_to``)
                 lora = _create_lora(weight.shape, self.rank, self.alpha).to(device)
@@ -223,8 +236,9 @@ class ComfyLoraAdapter:
                 trained.append(key)
         if not trained:
             raise ProGRPOConfigError(
-                f"LoRA targets {list(self.targets)} match no Linear layer of this MODEL's diffusion model; use "
-                "attention projection names such as to_q, to_k, to_v, to_out.0."
+                f"lora_targets: {list(self.targets)} match no Linear layer of this MODEL's diffusion model; pick "
+                "a preset (chosen for the model's family) or list module-path suffixes of its Linear layers in "
+                "custom_targets ('*' trains every Linear layer)."
             )
         self.key_names = kohya_key_names(self.patcher.model, trained)
 
@@ -305,6 +319,19 @@ class ComfyLoraAdapter:
     def settings(self) -> dict[str, Any]:
         return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
 
+    def same_layers(self, settings: Mapping[str, Any]) -> bool:
+        """Whether saved adapter ``settings`` describe this LoRA: rank, alpha, and targets that train the same layers.
+
+        Targets are compared by the layers they match on this MODEL, so a checkpoint written with the old
+        suffix list resumes under the family preset that trains the same layers.
+        """
+        if settings.get("rank") != self.rank or settings.get("alpha") != self.alpha:
+            return False
+        saved = settings.get("targets")
+        if not isinstance(saved, list):
+            return False
+        return saved == list(self.targets) or matched_weight_keys(self.patcher.model, saved) == list(self.wrappers)
+
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``folder/lora.safetensors`` + ``lora_settings.json`` (atomic folder replace)."""
         from safetensors.torch import save_file
@@ -328,7 +355,7 @@ class ComfyLoraAdapter:
 
         folder = Path(folder)
         settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
-        if settings != self.settings():
+        if not self.same_layers(settings):
             raise ProGRPOConfigError(
                 f"checkpoint {str(folder)!r} holds a LoRA with {settings}, this run has {self.settings()}; resume "
                 "with the same rank, alpha and targets (or start a new run name)."

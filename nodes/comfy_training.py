@@ -18,7 +18,9 @@ is left as it was:
   the update ends), inference-mode weights are aliased (:func:`.comfy_lora.alias_inference_tensors`,
   no copy), the LoRA parameters and AdamW state are put beside the weights, and the highest
   non-container modules of the diffusion model run under ``torch.utils.checkpoint`` (recomputed in
-  backward, as ComfyUI's TrainLoraNode patches them) when ``gradient_checkpointing`` is on.
+  backward, as ComfyUI's TrainLoraNode patches them) when ``gradient_checkpointing`` is on, and
+  augmented assignments on saved tensors (Flux's residual ``img += ...``) run out of place
+  (:mod:`.out_of_place`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.train.precision import TRAINING_DTYPES, resolve_training_dtype
 
 from .comfy_lora import ComfyLoraAdapter, alias_inference_tensors
+from .out_of_place import augmented_assignments_out_of_place
 
 logger = logging.getLogger("progrpo")
 
@@ -215,7 +218,7 @@ class TrainingSession:
         diffusion_model.train(True)  # no fp8 fast path (no backward): see the module doc
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._was_training is not None:
             self.adapter.patcher.model.diffusion_model.train(self._was_training)
         self.adapter.update_context = None
@@ -228,7 +231,8 @@ class TrainingSession:
         alias_inference_tensors(patcher.model)
         self.adapter.place_parameters(torch.device(patcher.load_device))
         blocks = checkpoint_blocks(patcher.model.diffusion_model) if self.options.gradient_checkpointing else []
-        with offloaded(self.reward_modules, torch.device(patcher.offload_device)), checkpointed(blocks):
+        with (offloaded(self.reward_modules, torch.device(patcher.offload_device)), checkpointed(blocks),
+              augmented_assignments_out_of_place()):
             yield
 
 
@@ -263,6 +267,25 @@ def updates_per_rollout_input() -> Any:
                         tooltip="Optimiser steps per rollout, each on a disjoint share of the survivors' (trajectory, "
                         "step) pairs (Flow-GRPO: 2). From the second on the update is off-policy, so the clip "
                         "range binds; 1 is one on-policy step per rollout.")
+
+
+def lora_target_inputs() -> list[Any]:
+    """The optional ``lora_targets`` preset and ``custom_targets`` inputs of the training nodes."""
+    from comfy_api.latest import io
+
+    from .model_families import LORA_PRESETS
+
+    return [
+        io.Combo.Input("lora_targets", options=list(LORA_PRESETS), default=LORA_PRESETS[0], optional=True,
+                       tooltip="Which Linear layers of the diffusion model the LoRA trains, chosen for the MODEL's "
+                       "family. attention: the attention projections (SD1.x/SDXL to_q/k/v/out; SD3.5 attn and attn2; "
+                       "Flux, Flux.2, Chroma: img/txt attention and the single blocks' linear1/linear2; Qwen-Image, "
+                       "HiDream, Lumina2, Z-Image: their q/k/v/out). attention+mlp: also the feed-forward layers "
+                       "(about 2-3x the LoRA size). all linear: every Linear layer. custom: the custom_targets list."),
+        io.String.Input("custom_targets", default="", optional=True,
+                        tooltip="With lora_targets custom: module-path suffixes of the layers to train, separated by "
+                        "commas (e.g. 'to_q, to_k, to_v, to_out.0'; '*' trains every Linear layer)."),
+    ]
 
 
 def options_from(training_dtype: str, gradient_checkpointing: bool, micro_batch_rows: int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import comfy.sample
 import comfy.samplers
 import comfy.utils
 import torch
@@ -25,8 +26,9 @@ from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 
 from .comfy_backend import ComfyDenoiser
 from .input_checks import check_choices, check_numbers
+from .model_families import family_of, log_warnings, resolve_dynamics
 from .prune_schedule import PruneScheduleType
-from .sampling_inputs import check_noise_level, sampling_inputs
+from .sampling_inputs import check_noise_level, guidance_input, sampling_inputs
 
 #: socket types shared with the reward and plot nodes.
 RewardType = io.Custom("PROGRPO_REWARD")
@@ -105,6 +107,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                              tooltip="Trajectories per model call and per VAE decode (0: the whole group at once). "
                              "Lower it (e.g. 8) when a large group at a high resolution runs out of memory; results "
                              "change only by rounding."),
+                guidance_input(),
             ],
             outputs=[
                 io.Latent.Output(display_name="survivors",
@@ -119,8 +122,9 @@ class ProGRPOExpandedSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, noise_level: float | None = None, cfg: float | None = None, dynamics: str | None = None,
-                        scheduler: str | None = None, selection: str | None = None) -> bool | str:
-        for checked in (check_numbers(cls, cfg=cfg), check_noise_level(noise_level),
+                        scheduler: str | None = None, selection: str | None = None,
+                        guidance: float | None = None) -> bool | str:
+        for checked in (check_numbers(cls, cfg=cfg, guidance=guidance), check_noise_level(noise_level),
                         check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection)):
             if checked is not True:
                 return checked
@@ -146,15 +150,10 @@ class ProGRPOExpandedSampler(io.ComfyNode):
         vae: Any | None = None,
         prompt_text: str = "",
         max_batch_rows: int = 0,
+        guidance: float = 3.5,
     ) -> io.NodeOutput:
-        samples = latent["samples"]
-        channels = int(model.model.latent_format.latent_channels)
-        if samples.ndim != 4 or samples.shape[1] != channels:
-            raise ProGRPOConfigError(
-                f"latent: has shape {tuple(samples.shape)} but this model needs {channels} latent channels "
-                f"[B, {channels}, H, W]; use an Empty Latent node made for this model (e.g. Empty Latent Image for "
-                "SD1.x/SDXL, EmptySD3LatentImage for SD3/Flux)."
-            )
+        samples = latent_samples(model, latent)
+        channels = int(samples.shape[1])
         latent_space = channels not in (1, 3)
         if prune_schedule is not None:
             if reward is None:
@@ -172,7 +171,11 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                 "model's VAE (e.g. from Load VAE / Load Checkpoint)."
             )
         denoiser_class = _NoDecodeDenoiser if (reward is None and vae is None and latent_space) else ComfyDenoiser
-        denoiser = denoiser_class(model, vae=vae, scheduler=scheduler, seed=seed)
+        family = family_of(model)
+        denoiser = denoiser_class(model, vae=vae, scheduler=scheduler, seed=seed,
+                                  guidance=guidance if family.guidance_distilled else None)
+        dynamics = resolve_dynamics(dynamics, denoiser.kind)
+        log_warnings(model, cfg, has_negative=negative is not None)
         try:
             get_dynamics(dynamics, denoiser.kind)
         except ProGRPOConfigError as error:
@@ -183,7 +186,7 @@ class ProGRPOExpandedSampler(io.ComfyNode):
                 group_size=group_size, num_steps=steps, dynamics=dynamics,
                 noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
                 prune_schedule=prune_schedule, selection=selection,
-                height=int(samples.shape[2]) * factor, width=int(samples.shape[3]) * factor,
+                height=int(samples.shape[-2]) * factor, width=int(samples.shape[-1]) * factor,
                 seed=int(seed) % (2**63), keep_images=True, max_batch_rows=int(max_batch_rows) or None,
             )
         except ProGRPOConfigError as error:
@@ -204,6 +207,24 @@ class ProGRPOExpandedSampler(io.ComfyNode):
         if images is None or (vae is None and latent_space):
             images = torch.zeros(final.shape[0], 3, final.shape[2] * factor, final.shape[3] * factor)
         return io.NodeOutput(survivors, rollout, images.movedim(1, -1).contiguous().float().cpu())
+
+
+def latent_samples(model: Any, latent: dict) -> torch.Tensor:
+    """The LATENT's samples as the stock samplers take them: an all-zero latent of another channel count is
+    converted to the model's (``comfy.sample.fix_empty_latent_channels``); then [B, C, H, W], or
+    [B, C, 1, H, W] for a model with 5-D latents (Qwen-Image). Raises naming ``latent`` otherwise."""
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    latent_format = model.get_model_object("latent_format")
+    channels, video = int(latent_format.latent_channels), int(latent_format.latent_dimensions) == 3
+    shape_ok = samples.ndim == 4 or (video and samples.ndim == 5 and samples.shape[2] == 1)
+    if not shape_ok or samples.shape[1] != channels:
+        expected = f"[B, {channels}, 1, H, W]" if video else f"[B, {channels}, H, W]"
+        raise ProGRPOConfigError(
+            f"latent: has shape {tuple(samples.shape)} but this model needs {channels} latent channels {expected} "
+            "(an all-zero latent of any channel count is converted, as KSampler does); use an Empty Latent node "
+            "made for this model (e.g. Empty Latent Image for SD1.x/SDXL, EmptySD3LatentImage for SD3/Flux)."
+        )
+    return samples
 
 
 def _input_named_in(message: str) -> str:

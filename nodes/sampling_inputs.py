@@ -10,8 +10,9 @@ from progrpo.dynamics import DYNAMICS
 from progrpo.errors import ProGRPOConfigError
 
 from .input_checks import number_problem
+from .model_families import AUTO_DYNAMICS
 
-DEFAULT_DYNAMICS = "cps"  # works on flow and eps/v models alike
+DEFAULT_DYNAMICS = AUTO_DYNAMICS  # flow_sde on flow models, ddim on noise-prediction models
 
 
 def sampling_inputs(training: bool) -> list:
@@ -21,15 +22,24 @@ def sampling_inputs(training: bool) -> list:
         io.Int.Input("group_size", default=8, min=2, max=256,
                      tooltip="Trajectories per prompt at the start (G_max); at least 2."),
         io.Int.Input("steps", default=10, min=1, max=1000, tooltip="Sampling steps T per trajectory."),
-        io.Combo.Input("dynamics", options=sorted(DYNAMICS), default=DEFAULT_DYNAMICS,
-                       tooltip="Step dynamic: flow_sde / dance_sde need a flow model; cps, ddim and ode work on "
-                       "both; ode is deterministic (no policy gradient)."),
+        io.Combo.Input("dynamics", options=[DEFAULT_DYNAMICS, *sorted(DYNAMICS)], default=DEFAULT_DYNAMICS,
+                       tooltip="Step dynamic: auto picks flow_sde (Flow-GRPO) on flow models (SD3, Flux, Qwen-Image, "
+                       "...) and ddim (DDPO) on SD1.x/SDXL; flow_sde / dance_sde need a flow model; cps, ddim and "
+                       "ode work on both; ode is deterministic (no policy gradient)."),
         io.Float.Input("noise_level", default=-1.0, min=-1.0, max=10.0, step=0.01,
                        tooltip="The dynamic's noise knob; -1 takes the dynamic's default, 0 is deterministic." + trained),
         io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
                        tooltip="Classifier-free guidance scale" + (" while sampling and training" if training else "")
                        + "; 1 turns the negative branch off."),
     ]
+
+
+def guidance_input() -> Any:
+    """The optional ``guidance`` input: the guidance strength a guidance-distilled model takes as an input."""
+    return io.Float.Input("guidance", default=3.5, min=0.0, max=100.0, step=0.1, round=0.01, optional=True,
+                          tooltip="Guidance strength for guidance-distilled models (Flux.1-dev, Flux.2), set on "
+                          "the conditioning as the FluxGuidance node does (a value FluxGuidance already set wins); "
+                          "keep cfg at 1 for them. Other models ignore it.")
 
 
 def check_noise_level(noise_level: float | None) -> bool | str:

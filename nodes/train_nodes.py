@@ -33,6 +33,7 @@ from progrpo.lora import LoraSettings
 from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
+from progrpo.train.checkpoint import read_checkpoint_config, resolve_checkpoint
 from progrpo.train.config import read_prompts
 from progrpo.train.distributed import SINGLE_PROCESS
 from progrpo.train.faults import out_of_memory
@@ -40,14 +41,21 @@ from progrpo.train.precision import loss_scale_for
 from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
-from .comfy_lora import DEFAULT_TARGETS, ComfyLoraAdapter, training_context
-from .comfy_training import TrainingSession, options_from, training_option_inputs, updates_per_rollout_input
+from .comfy_lora import ComfyLoraAdapter, matched_weight_keys, training_context
+from .comfy_training import (
+    TrainingSession,
+    lora_target_inputs,
+    options_from,
+    training_option_inputs,
+    updates_per_rollout_input,
+)
 from .expanded_sampler import RewardType, RolloutType
 from .input_checks import check_choices, check_numbers
+from .model_families import family_of, log_warnings, preset_targets, resolve_dynamics
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
-from .sampling_inputs import check_image_size, check_noise_level, image_size_inputs, sampling_inputs
+from .sampling_inputs import check_image_size, check_noise_level, guidance_input, image_size_inputs, sampling_inputs
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,149}$")
@@ -80,7 +88,8 @@ class _TrainDenoiser(ComfyDenoiser):
         positive, negative = self.fixed
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not hasattr(self, "_fixed_rows"):
-            self._fixed_rows = (self.prompts.add(positive), None if negative is None else self.prompts.add(negative))
+            self._fixed_rows = (self.prompts.add(self._guided(positive)),
+                                None if negative is None else self.prompts.add(self._guided(negative)))
         positive_row, negative_row = self._fixed_rows
         return self._rows_conditioning(
             [positive_row] * len(prompts), None if negative_row is None else [negative_row], prompts
@@ -196,6 +205,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                                 "(kept inside the workflow, so a shared workflow carries them)."),
                 *training_option_inputs(),
                 updates_per_rollout_input(),
+                *lora_target_inputs(),
+                guidance_input(),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -212,10 +223,12 @@ class ProGRPOTrainLoop(io.ComfyNode):
     def validate_inputs(cls, noise_level: float | None = None, run_name: str | None = None, cfg: float | None = None,
                         lr: float | None = None, alpha: float | None = None, dynamics: str | None = None,
                         scheduler: str | None = None, selection: str | None = None,
-                        training_dtype: str | None = None) -> bool | str:
-        for checked in (check_numbers(cls, cfg=cfg, lr=lr, alpha=alpha), check_noise_level(noise_level),
+                        training_dtype: str | None = None, lora_targets: str | None = None,
+                        guidance: float | None = None) -> bool | str:
+        for checked in (check_numbers(cls, cfg=cfg, lr=lr, alpha=alpha, guidance=guidance),
+                        check_noise_level(noise_level),
                         check_choices(cls, dynamics=dynamics, scheduler=scheduler, selection=selection,
-                                      training_dtype=training_dtype)):
+                                      training_dtype=training_dtype, lora_targets=lora_targets)):
             if checked is not True:
                 return checked
         if noise_level == 0:
@@ -235,7 +248,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 prune_schedule: PruneSchedule | None = None, selection: str = "ovf",
                 prompts_per_iteration: int = 1, prompts: str = "", training_dtype: str = "auto",
                 gradient_checkpointing: bool = True, micro_batch_rows: int = 2,
-                max_batch_rows: int = 8, updates_per_rollout: int = 2) -> io.NodeOutput:
+                max_batch_rows: int = 8, updates_per_rollout: int = 2, lora_targets: str = "attention",
+                custom_targets: str = "", guidance: float = 3.5) -> io.NodeOutput:
         options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, max_batch_rows)
         output_dir = run_directory(run_name)
         if clip is not None and positive is not None:
@@ -268,10 +282,15 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 prune_schedule.validate_for(group_size, steps)
             except ProGRPOConfigError as error:
                 raise ProGRPOConfigError(f"prune_schedule: {error}") from None
-        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, targets=DEFAULT_TARGETS, seed=seed)
-        denoiser = _TrainDenoiser(adapter.patcher, vae=vae, clip=clip, scheduler=scheduler, seed=seed)
+        targets = _resumed_targets(output_dir if resume else None, model,
+                                   preset_targets(model, lora_targets, custom_targets))
+        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, targets=targets, seed=seed)
+        denoiser = _TrainDenoiser(adapter.patcher, vae=vae, clip=clip, scheduler=scheduler, seed=seed,
+                                  guidance=guidance if family_of(model).guidance_distilled else None)
         if positive is not None:
             denoiser.fixed = (positive, None if cfg == 1.0 else negative)
+        dynamics = resolve_dynamics(dynamics, denoiser.kind)
+        log_warnings(model, cfg, has_negative=negative is not None or clip is not None)
         try:
             get_dynamics(dynamics, denoiser.kind)
         except ProGRPOConfigError as error:
@@ -291,7 +310,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                     prune_schedule=prune_schedule, selection=selection, height=height, width=width,
                     keep_images=False, max_batch_rows=options.rollout_rows,
                 ),
-                lora=LoraSettings(rank=rank, alpha=alpha, target_modules=DEFAULT_TARGETS),
+                lora=LoraSettings(rank=rank, alpha=alpha, target_modules=adapter.targets),
                 optim=OptimConfig(lr=lr),
                 grpo=GRPOConfig(micro_batch_rows=options.micro_batch_rows, loss_scale=loss_scale,
                                 updates_per_rollout=updates_per_rollout),
@@ -315,6 +334,22 @@ class ProGRPOTrainLoop(io.ComfyNode):
         lora.metadata = _metadata(trainer.export_metadata(), adapter)
         curve = image_from_png(result.curve_path)
         return io.NodeOutput(adapter.patched_model(), lora, curve)
+
+
+def _resumed_targets(run_dir: Path | None, model: Any, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The run's saved target list when it trains the same layers as ``targets`` (a run started before the
+    family presets resumes unchanged), else ``targets``; a real difference is refused later, naming it."""
+    if run_dir is None or not (run_dir / "checkpoints" / "latest").is_file():
+        return targets
+    try:
+        saved = read_checkpoint_config(resolve_checkpoint(run_dir, "latest"))
+    except (OSError, ValueError, ProGRPOConfigError):
+        return targets
+    old = (saved.get("lora") or {}).get("target_modules")
+    if isinstance(old, list) and old and tuple(old) != targets and \
+            matched_weight_keys(model.model, old) == matched_weight_keys(model.model, targets):
+        return tuple(old)
+    return targets
 
 
 def _metadata(run: dict[str, Any], adapter: ComfyLoraAdapter) -> dict[str, str]:
@@ -418,6 +453,7 @@ class ProGRPOTrainStep(io.ComfyNode):
                                    "unconnected: a fresh LoRA."),
                 *training_option_inputs()[:3],  # the rollout is given: no sampling chunk here
                 updates_per_rollout_input(),
+                *lora_target_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="A copy of the MODEL with the updated LoRA applied as "
@@ -429,14 +465,16 @@ class ProGRPOTrainStep(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lr: float | None = None, alpha: float | None = None,
-                        training_dtype: str | None = None) -> bool | str:
+                        training_dtype: str | None = None, lora_targets: str | None = None) -> bool | str:
         checked = check_numbers(cls, lr=lr, alpha=alpha)
-        return checked if checked is not True else check_choices(cls, training_dtype=training_dtype)
+        return checked if checked is not True else check_choices(cls, training_dtype=training_dtype,
+                                                                 lora_targets=lora_targets)
 
     @classmethod
     def execute(cls, model: Any, rollout: Any, lr: float, rank: int, alpha: float, seed: int,
                 lora: dict | None = None, training_dtype: str = "auto", gradient_checkpointing: bool = True,
-                micro_batch_rows: int = 2, updates_per_rollout: int = 2) -> io.NodeOutput:
+                micro_batch_rows: int = 2, updates_per_rollout: int = 2, lora_targets: str = "attention",
+                custom_targets: str = "") -> io.NodeOutput:
         import json
 
         from progrpo.advantages import group_advantages
@@ -448,7 +486,8 @@ class ProGRPOTrainStep(io.ComfyNode):
                 "rollout: this rollout was not made by Pro-GRPO Expanded Sampler in this ComfyUI session; connect "
                 "its rollout output."
             )
-        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, targets=DEFAULT_TARGETS, seed=seed)
+        adapter = ComfyLoraAdapter(model, rank=rank, alpha=alpha, seed=seed,
+                                   targets=preset_targets(model, lora_targets, custom_targets))
         if lora is not None:
             try:
                 adapter.load_state_dict({k: v for k, v in lora.items() if isinstance(v, torch.Tensor)})
