@@ -40,6 +40,27 @@ QUEUED = {
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 1}
 
 
+#: loader input -> models folder, for the files the real-model templates name
+LOADER_FOLDERS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models", "clip_name": "text_encoders",
+                  "clip_name1": "text_encoders", "clip_name2": "text_encoders", "vae_name": "vae"}
+
+
+def _template_model_files(models: Path) -> list[Path]:
+    """Empty stand-ins for the model files the real-model templates name (the editor only lists names)."""
+    paths = []
+    for path in WORKFLOWS.glob("*.api.json"):
+        for node in json.loads(path.read_text()).values():
+            for name, folder in LOADER_FOLDERS.items():
+                value = node["inputs"].get(name)
+                if isinstance(value, str) and "." in value and not value.startswith("tiny_") \
+                        and not (models / folder / value).exists():
+                    paths.append(models / folder / value)
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    return paths
+
+
 def _artifacts() -> Path:
     root = Path(os.environ.get("PROGRPO_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
     return root / "browser"
@@ -55,6 +76,7 @@ def editor(comfy_server):
             pytest.fail(message)
         pytest.skip(message)
     write_tiny_stock_models(comfy_server.models)
+    stand_ins = _template_model_files(comfy_server.models)
     try:
         from tiny_checkpoints import write_tiny_checkpoints
 
@@ -84,8 +106,8 @@ def editor(comfy_server):
         assert "error" not in result, result["error"]
         yield result, comfy_server
     finally:
-        for path in comfy_server.models.rglob("tiny_*.safetensors"):
-            path.unlink()
+        for path in [*comfy_server.models.rglob("tiny_*.safetensors"), *stand_ins]:
+            path.unlink(missing_ok=True)
 
 
 def test_every_ui_workflow_loads_without_missing_nodes_or_red_widgets(editor):

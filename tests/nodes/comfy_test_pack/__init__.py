@@ -8,15 +8,25 @@ It makes a CPU server behave, where it matters for training, like a GPU one, and
   ``_scaled_mm`` runs on the CPU too, without a backward);
 * ``ProGRPOTestOutOfMemory`` returns a MODEL whose diffusion model raises ``torch.OutOfMemoryError``
   in the first forward that autograd records (the training update, never the sampling);
-* ``ProGRPOTestModelReport`` returns, as JSON, the MODEL's Linear layer classes and dtypes.
+* ``ProGRPOTestModelReport`` returns, as JSON, the MODEL's Linear layer classes and dtypes;
+* narrow test files of families whose width ComfyUI's detection hard-codes load through
+  ``tiny_families.install_detection_shim`` (files without its metadata load unchanged);
+* ``ProGRPOTestFamilyCheckpoint`` stands in for Load Checkpoint (MODEL, CLIP-like encoder, VAE of a family);
+* ``ProGRPOTestFamilyConditioning`` / ``ProGRPOTestFamilyClip`` give a family's CONDITIONING / a CLIP-like
+  encoder of it for the tiny family models (``tests/nodes/tiny_families.py``: their text encoders are
+  gigabytes); ``ProGRPOTestGuidanceProbe`` returns a MODEL that records the guidance values its
+  diffusion model receives, and ``ProGRPOTestGuidanceReport`` reports them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import comfy.model_management
+import comfy.sd
 import comfy.patcher_extension
 import torch
 from comfy_api.latest import ComfyExtension, io
@@ -62,9 +72,103 @@ class ProGRPOTestModelReport(io.ComfyNode):
         return io.NodeOutput(json.dumps(report), ui={"text": [json.dumps(report)]})
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/nodes: the tiny family files
+from tiny_families import all_families, install_detection_shim  # noqa: E402
+
+install_detection_shim()  # narrow files of width-pinned families (tiny_families module doc)
+
+
+def _family(name: str):
+    return all_families()[name]
+
+
+class ProGRPOTestFamilyConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProGRPOTestFamilyConditioning", category="testing",
+                         inputs=[io.String.Input("family"), io.String.Input("text")],
+                         outputs=[io.Conditioning.Output()])
+
+    @classmethod
+    def execute(cls, family, text) -> io.NodeOutput:
+        return io.NodeOutput(_family(family).conditioning(text))
+
+
+class ProGRPOTestFamilyClip(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProGRPOTestFamilyClip", category="testing",
+                         inputs=[io.String.Input("family")], outputs=[io.Clip.Output()])
+
+    @classmethod
+    def execute(cls, family) -> io.NodeOutput:
+        from tiny_families import FamilyClip
+
+        return io.NodeOutput(FamilyClip(_family(family)))
+
+
+class ProGRPOTestFamilyCheckpoint(io.ComfyNode):
+    """Load Checkpoint's outputs for a tiny family: its diffusion model (UNETLoader's route), encoder and VAE."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProGRPOTestFamilyCheckpoint", category="testing",
+                         inputs=[io.String.Input("family")],
+                         outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()])
+
+    @classmethod
+    def execute(cls, family) -> io.NodeOutput:
+        import folder_paths
+        import nodes
+        from tiny_families import FamilyClip
+
+        tiny = _family(family)
+        model = comfy.sd.load_diffusion_model(folder_paths.get_full_path_or_raise("diffusion_models", tiny.unet_file))
+        return io.NodeOutput(model, FamilyClip(tiny), nodes.VAELoader().load_vae(tiny.vae_name)[0])
+
+
+#: guidance values the probed diffusion models received, per probe name (this server process)
+GUIDANCE_SEEN: dict[str, list[float]] = {}
+
+
+class ProGRPOTestGuidanceProbe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProGRPOTestGuidanceProbe", category="testing",
+                         inputs=[io.Model.Input("model"), io.String.Input("probe")], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, probe) -> io.NodeOutput:
+        seen = GUIDANCE_SEEN.setdefault(probe, [])
+
+        def record(executor, *args, **kwargs):
+            # Flux.forward(x, timestep, context, y, guidance, ...): the guidance embedding's input
+            guidance = kwargs.get("guidance", args[4] if len(args) > 4 else None)
+            if guidance is not None:
+                seen.extend(float(g) for g in guidance.flatten())
+            return executor(*args, **kwargs)
+
+        clone = model.clone()
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "progrpo_test_guidance", record)
+        return io.NodeOutput(clone)
+
+
+class ProGRPOTestGuidanceReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProGRPOTestGuidanceReport", category="testing", is_output_node=True,
+                         inputs=[io.String.Input("probe"), io.String.Input("after")], outputs=[io.String.Output()])
+
+    @classmethod
+    def execute(cls, probe, after) -> io.NodeOutput:
+        report = json.dumps(sorted(set(GUIDANCE_SEEN.get(probe, []))))
+        return io.NodeOutput(report, ui={"text": [report]})
+
+
 class _Pack(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ProGRPOTestOutOfMemory, ProGRPOTestModelReport]
+        return [ProGRPOTestOutOfMemory, ProGRPOTestModelReport, ProGRPOTestFamilyConditioning, ProGRPOTestFamilyClip,
+                ProGRPOTestFamilyCheckpoint, ProGRPOTestGuidanceProbe, ProGRPOTestGuidanceReport]
 
 
 async def comfy_entrypoint() -> ComfyExtension:
