@@ -129,8 +129,13 @@ def test_expanded_sampler_node_outputs_and_errors(ext, pipe):
     # survivors are the unpruned run's rows (same seed), in ComfyUI's latent space (up to batch-size rounding)
     torch.testing.assert_close(pruned[0]["samples"], plain[0]["samples"][rollout.trajectory_index],
                                atol=1e-4, rtol=1e-5)
-    with pytest.raises(ProGRPOConfigError, match=r"^latent: .*4 latent channels"):
-        node.execute(**{**args, "latent": {"samples": torch.zeros(1, 16, 8, 8)}})
+    # as KSampler: an all-zero latent of another channel count is converted (comfy's fix_empty_latent_channels) ...
+    converted = node.execute(**{**args, "latent": {"samples": torch.zeros(1, 16, 8, 8)}}).result
+    assert torch.equal(converted[0]["samples"], plain[0]["samples"])
+    # ... one with content is not, nor a video latent on an image model
+    for samples in (torch.ones(1, 16, 8, 8), torch.zeros(1, 4, 2, 8, 8)):
+        with pytest.raises(ProGRPOConfigError, match=r"^latent: .*4 latent channels"):
+            node.execute(**{**args, "latent": {"samples": samples}})
     with pytest.raises(ProGRPOConfigError, match=r"^reward: "):
         node.execute(**args, prune_schedule=PruneSchedule.parse("2:4"))
     with pytest.raises(ProGRPOConfigError, match=r"^prune_schedule: .*"):

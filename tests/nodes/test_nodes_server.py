@@ -87,9 +87,20 @@ def test_schedule_larger_than_the_group_is_a_node_error_naming_the_input(server)
     assert "group_size" in error["exception_message"]
 
 
-def test_wrong_latent_channels_is_a_node_error_naming_latent(server):
+def test_empty_latent_of_another_format_is_taken_as_ksampler_takes_it(server):
+    """An all-zero 16-channel latent on an SD1.x model: converted to 4 channels, as KSampler converts it."""
     prompt = _workflow()
     prompt["6"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "converted"}}
+    entry = _run(server, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["20"]["latents"]
+
+
+def test_video_latent_on_an_image_model_is_a_node_error_naming_latent(server):
+    prompt = _workflow()
+    prompt["6"] = {"class_type": "EmptyHunyuanLatentVideo",
+                   "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}}
     entry = _run(server, prompt)
     error = _execution_error(entry)
     assert error["exception_message"].startswith("latent:")

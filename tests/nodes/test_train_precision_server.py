@@ -9,29 +9,34 @@ path, so loading a half-precision file alone proves nothing. Here:
 * compute is forced by the Train Loop's ``training_dtype`` (bf16 / fp32 / fp16), which the node applies
   as ComfyUI's own trainer does (``set_model_compute_dtype``).
 
-Each case trains one iteration of 2 trajectories x 2 DDIM steps (one stochastic) at 32 px (bf16 convolutions run
-50-100x slower than fp32 on this CPU: 0.16 s for one 64-channel 16x16 conv), one fp32 case at 512 px (a
-16k-element latent), and checks finite, non-zero LoRA gradients,
-a LoRA that moved, and that the saved file loads through the stock LoraLoaderModelOnly with no unloaded
-key. fp16 compute must give the fp32 gradient (loss-scaled); an injected out-of-memory error in the update
-names the fixes, keeps the last checkpoint and leaves the server and its cached model as they were.
+The storage x compute matrix trains at **512 px** on the tiny SD3.5-Medium MMDiT-X (Linear layers: bf16 and
+fp16 matrix products are emulated on this CPU, 40x slower than fp32, which an MMDiT of width 128 can
+afford; a 16 x 64 x 64 latent of 65k elements): one iteration of 2 trajectories x 2 flow_sde steps, finite
+non-zero LoRA gradients, a LoRA that moved, and a saved file that loads through the stock
+LoraLoaderModelOnly with no unloaded key. The SD1.5 UNet (convolutions, 50-100x slower in bf16 here) trains
+from bf16 storage in bf16 and fp32 at 32 px. fp16 compute must give the fp32 gradient (loss-scaled) at 64 px
+on the UNet and at 512 px on the MMDiT; an injected out-of-memory error in the update names the fixes,
+keeps the last checkpoint and leaves the server and its cached model as they were.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from comfy_harness import ComfyServer, requires_comfyui
+from tiny_families import all_families
 from tiny_stock_models import CLIP_FILE, UNET_FILE, write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
 TEST_PACK = Path(__file__).resolve().parent / "comfy_test_pack"
+MMDIT_FAMILY = all_families()["sd35-medium"]
 TRAIN = {"group_size": 2, "steps": 2, "dynamics": "ddim", "noise_level": -1.0, "cfg": 1.0, "iterations": 1,
          "lr": 1e-2, "rank": 2, "alpha": 2.0, "checkpoint_every": 1, "resume": False, "seed": 0,
          "scheduler": "normal", "prompt_file": "", "negative_prompt": "", "selection": "ovf",
@@ -129,7 +134,7 @@ def _stock_sample(server, prefix: str, lora_name: str | None = None) -> tuple[di
     return entry, load_file(str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
 
 
-def _check_learned(server, run_name: str) -> None:
+def _check_learned(server, run_name: str, stock: bool = True) -> None:
     from safetensors.torch import load_file
 
     run = server.base / "output" / "progrpo" / run_name
@@ -141,6 +146,8 @@ def _check_learned(server, run_name: str) -> None:
     downs = [t for k, t in lora.items() if k.endswith("lora_down.weight")]
     assert downs and all(torch.isfinite(t).all() for t in lora.values())
     assert any(t.abs().max() > 0 for t in downs), "lora_down never moved from its zero start"
+    if not stock:
+        return
     log_start = len(server.log())
     entry, _ = _stock_sample(server, f"check_{run_name}", f"{run_name}.safetensors")
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -153,29 +160,6 @@ def test_bf16_stored_model_trains_in_bf16_and_fp32(bf16_server, training_dtype):
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert _report(entry)["weight_dtypes"] == ["torch.bfloat16"]
     _check_learned(bf16_server, f"bf16_{training_dtype}")
-
-
-def test_fp16_stored_model_trains_at_512_px(fp16_server):
-    """The 512 px case (a 16k-element latent, SD1.5's training size): fp32 compute, the CPU's fast one."""
-    graph = _graph("fp16_512", "default", "fp32", size=512)
-    entry = _run(fp16_server, graph, timeout=1200)
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    _check_learned(fp16_server, "fp16_512")
-
-
-@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast"])
-@pytest.mark.parametrize("training_dtype", ["bf16", "fp32"])
-def test_fp16_and_fp8_stored_models_train_in_bf16_and_fp32(fp16_server, weight_dtype, training_dtype):
-    name = f"{weight_dtype}_{training_dtype}"
-    entry = _run(fp16_server, _graph(name, weight_dtype, training_dtype))
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    report = _report(entry)
-    expected = {"default": "torch.float16", "fp8_e4m3fn": "torch.float8_e4m3fn",
-                "fp8_e4m3fn_fast": "torch.float8_e4m3fn"}[weight_dtype]
-    assert report["weight_dtypes"] == [expected], report
-    if weight_dtype == "fp8_e4m3fn_fast":  # the scaled-mm fast path was in place
-        assert report["linear_classes"] == ["comfy.ops.fp8_ops.Linear"], report
-    _check_learned(fp16_server, name)
 
 
 def _train_step_graph(training_dtypes: list[str], size: int) -> dict:
@@ -212,6 +196,8 @@ def test_fp16_compute_gives_the_fp32_gradient(fp16_server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     metrics = [json.loads(entry["outputs"][f"2{i}"]["text"][0]) for i in range(2)]
     fp32, fp16 = metrics[0]["grad_norm"], metrics[1]["grad_norm"]
+    logging.getLogger("progrpo").info("512 px MMDiT LoRA grad norm: fp16 %.6g / fp32 %.6g = %.5f", fp16, fp32,
+                                      fp16 / fp32)
     assert fp32 > 0 and math.isfinite(fp16)
     assert abs(fp16 / fp32 - 1) < 0.03, (fp16, fp32)
 
@@ -241,3 +227,101 @@ def test_out_of_memory_in_the_update_names_the_fixes_and_loses_nothing(bf16_serv
     assert {name: _sha256(checkpoints / name) for name in ("iter_1", "iter_2")} == before
     _, sample_after = _stock_sample(bf16_server, "oom_after")  # the server still serves, its model unchanged
     assert torch.equal(sample_after, sample_before)
+
+
+def _mmdit_graph(run_name: str, weight_dtype: str, training_dtype: str, size: int = 512) -> dict:
+    """A Train Loop on the tiny SD3.5-Medium MMDiT-X (Linear layers only, so bf16/fp16 compute stays affordable on
+    this CPU at 512 px: 1024 image tokens, a 16 x 64 x 64 latent of 65k elements)."""
+    family = MMDIT_FAMILY
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": family.unet_file, "weight_dtype": weight_dtype}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": family.vae_name}},
+        "4": {"class_type": "ProGRPOTestFamilyConditioning", "inputs": {"family": family.name, "text": "a red cube"}},
+        "5": {"class_type": "ProGRPORewardLoader", "inputs": {"reward": "brightness", "model": "(none)",
+                                                             "aesthetic_head": "(none)", "weight": 1.0}},
+        "9": {"class_type": "ProGRPOTestModelReport", "inputs": {"model": ["1", 0]}},
+        "6": {"class_type": "ProGRPOTrainLoop", "inputs": {
+            **TRAIN, "dynamics": "flow_sde", "scheduler": "simple", "model": ["1", 0], "vae": ["3", 0],
+            "reward": ["5", 0], "positive": ["4", 0], "prompts": "", "width": size, "height": size,
+            "run_name": run_name, "training_dtype": training_dtype}},
+        "7": {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["6", 1], "name": run_name}},
+    }
+
+
+STORED = {"default": "torch.float16", "fp8_e4m3fn": "torch.float8_e4m3fn", "fp8_e4m3fn_fast": "torch.float8_e4m3fn"}
+
+
+def _check_mmdit_lora_loads(server, name: str, weight_dtype: str) -> None:
+    """The saved LoRA through the stock LoraLoaderModelOnly + KSampler on the same stored model: no unloaded key."""
+    log_start = len(server.log())
+    family = MMDIT_FAMILY
+    stock = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": family.unet_file, "weight_dtype": weight_dtype}},
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": f"{name}.safetensors",
+                                                             "strength_model": 1.0}},
+        "4": {"class_type": "ProGRPOTestFamilyConditioning", "inputs": {"family": family.name, "text": "a red cube"}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+                                                   "positive": ["4", 0], "negative": ["4", 0], "latent_image": ["5", 0]}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"check_{name}"}},
+    }
+    assert _run(server, stock)["status"]["status_str"] == "success"
+    assert "lora key not loaded" not in server.log()[log_start:]
+
+
+def _train_mmdit_at_512_px(server, weight_dtype: str, training_dtype: str, stored: str) -> dict:
+    name = f"mmdit512_{stored.removeprefix('torch.')}_{weight_dtype}_{training_dtype}"
+    MMDIT_FAMILY.write(server.models, 0)
+    entry = _run(server, _mmdit_graph(name, weight_dtype, training_dtype), timeout=1200)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    report = _report(entry)
+    assert report["weight_dtypes"] == [stored], report
+    _check_learned(server, name, stock=False)
+    _check_mmdit_lora_loads(server, name, weight_dtype)
+    return report
+
+
+@pytest.mark.parametrize("weight_dtype", sorted(STORED))
+@pytest.mark.parametrize("training_dtype", ["bf16", "fp32"])
+def test_fp16_and_fp8_stored_mmdit_trains_at_512_px_in_bf16_and_fp32(fp16_server, weight_dtype, training_dtype):
+    report = _train_mmdit_at_512_px(fp16_server, weight_dtype, training_dtype, STORED[weight_dtype])
+    if weight_dtype == "fp8_e4m3fn_fast":  # the scaled-mm fast path was in place
+        assert report["linear_classes"] == ["comfy.ops.fp8_ops.Linear"], report
+
+
+@pytest.mark.parametrize("training_dtype", ["bf16", "fp32"])
+def test_bf16_stored_mmdit_trains_at_512_px_in_bf16_and_fp32(bf16_server, training_dtype):
+    _train_mmdit_at_512_px(bf16_server, "default", training_dtype, "torch.bfloat16")
+
+
+def test_fp16_compute_gives_the_fp32_gradient_at_512_px(fp16_server):
+    """fp16 compute at 512 px on the MMDiT (a 65k-element latent, where an unscaled fp16 gradient underflows):
+    loss-scaled, the LoRA gradient norm is within 3% of fp32's on the same rollout (see the 64 px UNet case)."""
+    MMDIT_FAMILY.write(fp16_server.models, 0)
+    family = MMDIT_FAMILY
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": family.unet_file, "weight_dtype": "default"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": family.vae_name}},
+        "4": {"class_type": "ProGRPOTestFamilyConditioning", "inputs": {"family": family.name, "text": "a red cube"}},
+        "5": {"class_type": "ProGRPORewardLoader", "inputs": {"reward": "brightness", "model": "(none)",
+                                                             "aesthetic_head": "(none)", "weight": 1.0}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "7": {"class_type": "ProGRPOExpandedSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["4", 0], "latent": ["6", 0], "group_size": 2,
+            "steps": 2, "dynamics": "flow_sde", "noise_level": -1.0, "cfg": 1.0, "seed": 3, "scheduler": "simple",
+            "vae": ["3", 0], "reward": ["5", 0]}},
+    }
+    for index, dtype in enumerate(["fp32", "fp16"]):
+        graph[f"1{index}"] = {"class_type": "ProGRPOTrainStep", "inputs": {
+            "model": ["1", 0], "rollout": ["7", 1], "lr": 1e-4, "rank": 2, "alpha": 2.0, "seed": 0,
+            "training_dtype": dtype, "micro_batch_rows": 1}}
+        graph[f"2{index}"] = {"class_type": "PreviewAny", "inputs": {"source": [f"1{index}", 2]}}
+    entry = _run(fp16_server, graph, timeout=1200)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    metrics = [json.loads(entry["outputs"][f"2{i}"]["text"][0]) for i in range(2)]
+    fp32, fp16 = metrics[0]["grad_norm"], metrics[1]["grad_norm"]
+    logging.getLogger("progrpo").info("512 px MMDiT LoRA grad norm: fp16 %.6g / fp32 %.6g = %.5f", fp16, fp32,
+                                      fp16 / fp32)
+    assert fp32 > 0 and math.isfinite(fp16)
+    assert abs(fp16 / fp32 - 1) < 0.03, (fp16, fp32)

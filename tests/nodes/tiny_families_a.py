@@ -11,11 +11,13 @@ stock UNETLoader detects the family's ``comfy.supported_models`` class. What det
   channel multiples, the output depths and the middle block are free, so the tiny file has one level
   (``channel_mult`` [1], six res blocks), no middle block and two output transformer blocks.
 * SD3.5-Medium (MMDiT-X): width ``64 * depth``; two joint blocks of width 128 (2 heads), RMS q/k norm,
-  the second self-attention ``x_block.attn2`` in both blocks and a 16 x 16 patch ``pos_embed``.
+  the second self-attention ``x_block.attn2`` in both blocks and a 32 x 32 patch ``pos_embed`` (up to 512 px).
 * Flux.1 and Chroma: detection fixes 24 heads and rotary axes [16, 56, 56] (head width 128), hence the
   hidden width 3072, and the MLP ratio 4; Chroma also fixes its modulation approximator (5 layers of
-  5120). Only depth and the text/pooled input widths are free, so these files are one double-stream
-  block and no single-stream block, and still hundreds of MB (see ``note``).
+  5120). Only depth and the text/pooled input widths are free, so the smallest detected file is one
+  double-stream block at full width (788 MB - 1 GB, see ``note``). The test files are 128 wide with one
+  double and one single block and load through :func:`tiny_families.install_detection_shim`;
+  ``extra["full_size"]`` is the full-width layout, checked to detect without the shim.
 
 The VAEs are random TAESD-style approximations (``models/vae_approx``), loaded by the stock VAELoader by
 name: ``taesd`` (SD1.5, the :mod:`tiny_stock_models` file), ``taesdxl``, ``taesd3`` and ``taef1``
@@ -61,7 +63,7 @@ SD35M_CONFIG = {
     "adm_in_channels": SD35M_POOLED,
     "context_embedder_config": {"target": "torch.nn.Linear",
                                 "params": {"in_features": SD35M_CONTEXT, "out_features": 64 * SD35M_DEPTH}},
-    "num_patches": 16 * 16, "pos_embed_max_size": 16, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+    "num_patches": 32 * 32, "pos_embed_max_size": 32, "qk_norm": "rms", "pos_embed_scaling_factor": None,
     "x_block_self_attn_layers": [0, 1],
 }
 FLUX_CONTEXT = 4096  # T5-XXL
@@ -177,7 +179,7 @@ FAMILIES_A: dict[str, TinyFamily] = {
         name="sd35-medium", model_class="SD3", unet_file="tiny_sd35m_mmditx.safetensors", vae_name="taesd3",
         write=_writer("tiny_sd35m_mmditx.safetensors", "SD3", SD35M_CONFIG, ("taesd3", 16, 4)),
         conditioning=partial(_conditioning, "sd35-medium", SD35M_CONTEXT, SD35M_POOLED),
-        note="MMDiT-X of two joint blocks, width 128, x_block.attn2 in both, pos_embed 16 x 16 patches.",
+        note="MMDiT-X of two joint blocks, width 128, x_block.attn2 in both, pos_embed 32 x 32 patches (up to 512 px).",
     ),
     "flux1-dev": TinyFamily(
         name="flux1-dev", model_class="Flux", unet_file="tiny_flux1_dev_shim.safetensors", vae_name="taef1",

@@ -1,34 +1,29 @@
-"""Tiny(-as-detection-allows) diffusion models for Flux.2, HiDream, Qwen-Image, Lumina 2 and Z-Image (issue 13).
+"""Tiny diffusion models for Flux.2, HiDream, Qwen-Image, Lumina 2 and Z-Image (issue 13).
 
-See :mod:`tiny_families` for the interface. Unlike the UNet and Flux.1-style families, ComfyUI 0.3.75's
-``model_detection.detect_unet_config`` reads few sizes of these families back from the tensors and pins
-the rest, so the smallest file the stock UNETLoader maps to each class is still large:
+See :mod:`tiny_families` for the interface. ComfyUI 0.3.75's ``model_detection.detect_unet_config`` reads
+few sizes of these families back from the tensors and pins the rest, so the smallest file the stock
+UNETLoader maps to each class (``extra["full_size"]``, checked on the meta device to detect without the shim)
+is large:
 
-* **Flux.2** (``Flux2``): ``num_heads`` 48 and ``axes_dim`` [32]*4 are pinned, and ComfyUI's Flux needs
-  ``hidden_size // num_heads == sum(axes_dim)``, so the width is the released 6144 (mlp_ratio 3). Depth
-  is read back (1 double block, no single blocks: detection needs ``double_blocks.0``), the text width
-  too (``txt_in``: 96 = 3 stacked layers x 32 instead of 3 x 5120). About 1.7 G parameters, 3.4 GB fp16.
-  ``model_base.Flux2`` also pads the text to 512 tokens, so every step runs ~528 tokens through it.
-* **HiDream** (``HiDream``): every size is pinned (16 double + 32 single blocks, 2560 wide, 4 MoE
-  experts, 4096-wide T5/Llama inputs): 17.1 G parameters (34 GB fp16) whatever the file holds, so no
-  tiny file exists; :func:`_write_hidream` raises.
-* **Qwen-Image** (``QwenImage``): only ``in_channels`` and the block count are read back; width 3072
-  (24 heads x 128), text width 3584 are pinned. One block: 380 M parameters (761 MB fp16).
-* **Lumina 2** (``Lumina2``): width is read back but only 2304 (24 heads, the released config) or 4096
-  (ComfyUI's default 32 heads x 128) pass the ``dim // n_heads == sum(axes_dims)`` check; the 2 noise +
-  2 context refiner blocks are pinned. One main block (the only place image and text tokens meet):
-  422 M parameters (844 MB fp16). The caption width is read back (64 instead of Gemma-2's 2304).
-* **Z-Image** (``ZImage``): ``dim`` 3840 is what selects the class; 2 + 2 refiners pinned; one main
-  block: 899 M parameters (1.8 GB fp16). Caption width 64 instead of Qwen3-4B's 2560.
+* **Flux.2** (``Flux2``): ``num_heads`` 48 and ``axes_dim`` [32]*4 are pinned, so the width is the released
+  6144: one double block is 1.7 G parameters (3.4 GB fp16, 18 s per 2-step 64 px sample here).
+* **HiDream** (``HiDream``): every size is pinned: 17.1 G parameters whatever the file holds.
+* **Qwen-Image** (``QwenImage``): width 3072 and text width 3584 pinned; one block is 761 MB fp16.
+* **Lumina 2** (``Lumina2``): only widths 2304 or 4096 pass; 2 + 2 refiner blocks pinned; 844 MB fp16.
+* **Z-Image** (``ZImage``): width 3840 is what selects the class; one main block is 1.8 GB fp16.
+
+The test files are narrow (2 heads x 64 = 128 wide, Z-Image 256: its modulation is ``min(dim, 256)``
+wide) with one block of each kind, and load through :func:`tiny_families.install_detection_shim`, which
+applies the sizes stored in their metadata after ComfyUI's own detection (Z-Image: width 3840 presented to
+the class matching only). Text widths where the released model pins them shrink to 64.
 
 VAEs: Flux.2's is ComfyUI's SD-sized KL VAE with the 2x2 batch-norm patchifier (``bn.running_mean``;
 its size is not read from the tensors, ~84 M parameters); Qwen-Image's is the Wan 2.1 VAE, whose width
 ComfyUI reads from ``decoder.head.0.gamma``, so it is built 8 wide; Lumina 2, Z-Image and HiDream
 share ``taef1`` (a 16-channel TAESD in ``models/vae_approx``).
 
-Weights: seeded ``0.02 * randn``; norm weights one and norm biases zero (any module whose class name
-contains ``Norm``/``norm``), batch-norm statistics mean 0 / var 1. Stored float16, written in place so
-the peak memory is one copy of the model.
+Weights: seeded ``0.02 * randn``; norm weights one (:func:`tiny_families.save_tiny_unet`); the VAEs'
+norm biases zero and batch-norm statistics mean 0 / var 1. Stored float16.
 """
 
 from __future__ import annotations
@@ -38,6 +33,7 @@ from pathlib import Path
 import torch
 from comfy_harness import import_comfy
 from tiny_families import TinyFamily, save_tiny_unet, text_tensor
+from tiny_families_a import _save_taesd
 
 DTYPE = torch.float16
 TOKENS = 12  # text tokens of the tiny conditioning
@@ -177,17 +173,9 @@ def _write_wan21_vae(models_dir: Path, seed: int) -> None:
 
 
 def _write_taef1(models_dir: Path, seed: int) -> None:
-    """``vae_approx/taef1_{encoder,decoder}.safetensors``: a 16-channel TAESD (Flux latent format)."""
-    for part in ("encoder", "decoder"):
-        path = Path(models_dir) / "vae_approx" / f"{TAEF1}_{part}.safetensors"
-        if path.exists():
-            continue
-        import_comfy()
-        import comfy.taesd.taesd
-
-        taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
-        module = taesd.taesd_encoder if part == "encoder" else taesd.taesd_decoder
-        _save(_fill_(module, seed + (part == "decoder")), path)
+    """``vae_approx/taef1_{encoder,decoder}.safetensors``: the 16-channel TAESD Flux.1 and Chroma use too (one writer)."""
+    import_comfy()
+    _save_taesd(Path(models_dir), TAEF1, 16, seed + 5)
 
 
 def _write_flux2(models_dir: Path, seed: int) -> None:
@@ -197,7 +185,7 @@ def _write_flux2(models_dir: Path, seed: int) -> None:
 
 def _write_hidream(models_dir: Path, seed: int) -> None:
     _write_unet(models_dir, HIDREAM_UNET, "HiDream", HIDREAM_NARROW, seed)
-    _write_taef1(models_dir, seed + 100)
+    _write_taef1(models_dir, seed)
 
 
 def _write_qwen(models_dir: Path, seed: int) -> None:
@@ -207,12 +195,12 @@ def _write_qwen(models_dir: Path, seed: int) -> None:
 
 def _write_lumina2(models_dir: Path, seed: int) -> None:
     _write_unet(models_dir, LUMINA2_UNET, "Lumina2", LUMINA2_NARROW, seed)
-    _write_taef1(models_dir, seed + 100)
+    _write_taef1(models_dir, seed)
 
 
 def _write_zimage(models_dir: Path, seed: int) -> None:
     _write_unet(models_dir, ZIMAGE_UNET, "ZImage", ZIMAGE_NARROW, seed, match={"dim": ZIMAGE_CONFIG["dim"]})
-    _write_taef1(models_dir, seed + 100)
+    _write_taef1(models_dir, seed)
 
 
 # --- conditioning -------------------------------------------------------------------------------

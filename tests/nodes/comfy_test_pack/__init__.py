@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 import comfy.model_management
-import comfy.sd
 import comfy.patcher_extension
+import comfy.sd
 import torch
 from comfy_api.latest import ComfyExtension, io
 
@@ -73,7 +73,7 @@ class ProGRPOTestModelReport(io.ComfyNode):
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/nodes: the tiny family files
-from tiny_families import all_families, install_detection_shim  # noqa: E402
+from tiny_families import all_families, install_detection_shim
 
 install_detection_shim()  # narrow files of width-pinned families (tiny_families module doc)
 
@@ -119,8 +119,9 @@ class ProGRPOTestFamilyCheckpoint(io.ComfyNode):
     @classmethod
     def execute(cls, family) -> io.NodeOutput:
         import folder_paths
-        import nodes
         from tiny_families import FamilyClip
+
+        import nodes
 
         tiny = _family(family)
         model = comfy.sd.load_diffusion_model(folder_paths.get_full_path_or_raise("diffusion_models", tiny.unet_file))
