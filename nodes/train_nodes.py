@@ -14,6 +14,8 @@ run with ``resume`` on continues from it.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import re
 from pathlib import Path
@@ -33,7 +35,7 @@ from progrpo.lora import LoraSettings
 from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
-from progrpo.train.checkpoint import read_checkpoint_config, resolve_checkpoint
+from progrpo.train.checkpoint import LORA_DIR, read_checkpoint_config, resolve_checkpoint
 from progrpo.train.config import read_prompts
 from progrpo.train.distributed import SINGLE_PROCESS
 from progrpo.train.faults import out_of_memory
@@ -41,7 +43,7 @@ from progrpo.train.precision import loss_scale_for
 from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
-from .comfy_lora import ComfyLoraAdapter, matched_weight_keys, training_context
+from .comfy_lora import WEIGHTS_FILE, ComfyLoraAdapter, matched_weight_keys, training_context
 from .comfy_training import (
     TrainingSession,
     lora_target_inputs,
@@ -55,8 +57,10 @@ from .model_families import family_of, log_warnings, preset_targets, resolve_dyn
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
+from .run_identity import default_run_name, identity_fields
 from .sampling_inputs import check_image_size, check_noise_level, guidance_input, image_size_inputs, sampling_inputs
 
+logger = logging.getLogger("progrpo")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LORA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,149}$")
 #: text the rewards see in CONDITIONING mode (no prompt text is known there).
@@ -173,9 +177,12 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.Boolean.Input("resume", default=True,
                                  tooltip="Continue from the run's latest checkpoint if there is one (same settings "
                                  "required); off starts over and overwrites the run's checkpoints."),
-                io.String.Input("run_name", default="progrpo_run",
+                io.String.Input("run_name", default="",
                                 tooltip="Folder under ComfyUI's output/progrpo for checkpoints, metrics, the LoRA "
-                                "file and the curve; letters, digits, '_', '-', '.'."),
+                                "file and the curve; letters, digits, '_', '-', '.'. Empty: named from the model, "
+                                "reward and settings (progrpo_<family>_<hash>), so a new run never continues "
+                                "another and the same settings continue their own run. Resuming a run with another "
+                                "model, reward, rank or targets is refused, naming what changed."),
                 io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
                              tooltip="Seeds prompt choice, noise, LoRA init: the same seed and settings give the "
                              "same run."),
@@ -207,6 +214,13 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 updates_per_rollout_input(),
                 *lora_target_inputs(),
                 guidance_input(),
+                io.Int.Input("save_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Also write the LoRA as <run_name>_<iteration>.safetensors into models/loras "
+                             "every this many iterations (the stock Load LoRA lists it at once); 0: only at the "
+                             "end. A cancelled or failed run always writes its last completed iteration's LoRA."),
+                io.Int.Input("keep_last", default=3, min=0, max=100000, optional=True,
+                             tooltip="Resumable checkpoints to keep under output/progrpo/<run_name> (older ones "
+                             "are deleted once a newer one is complete); 0 keeps all."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -234,7 +248,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
         if noise_level == 0:
             return ("noise_level=0: the rollout would be deterministic, with no policy gradient to train on; use -1 "
                     "(the dynamic's default) or a value > 0.")
-        if run_name is not None and not RUN_NAME.match(run_name):
+        if run_name and not RUN_NAME.match(run_name):
             return (f"run_name={run_name!r}: use 1-100 letters, digits, '_', '-' or '.', starting with a letter "
                     "or digit.")
         return True
@@ -249,9 +263,10 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 prompts_per_iteration: int = 1, prompts: str = "", training_dtype: str = "auto",
                 gradient_checkpointing: bool = True, micro_batch_rows: int = 2,
                 max_batch_rows: int = 8, updates_per_rollout: int = 2, lora_targets: str = "attention",
-                custom_targets: str = "", guidance: float = 3.5) -> io.NodeOutput:
+                custom_targets: str = "", guidance: float = 3.5, save_every: int = 0,
+                keep_last: int = 3) -> io.NodeOutput:
         options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, max_batch_rows)
-        output_dir = run_directory(run_name)
+        output_dir = run_directory(run_name) if run_name else None  # empty: derived from the settings below
         if clip is not None and positive is not None:
             raise ProGRPOConfigError(
                 "clip / positive: both are connected; train either on prompt_file (clip) or on one CONDITIONING "
@@ -300,10 +315,11 @@ class ProGRPOTrainLoop(io.ComfyNode):
         loss_scale = loss_scale_for(session.compute_dtype, denoiser.latent_shape(height, width))
         try:
             config = TrainConfig(
-                model="comfyui", prompts=prompts, prompts_per_iteration=prompts_per_iteration,
-                iterations=iterations, checkpoint_every=checkpoint_every, seed=int(seed),
+                **identity_fields(model, reward, output_dir if resume else None),
+                prompts=prompts, prompts_per_iteration=prompts_per_iteration,
+                iterations=iterations, checkpoint_every=checkpoint_every, keep_last=keep_last, seed=int(seed),
                 negative_prompt=(negative_prompt if clip is not None and cfg != 1.0 else None),
-                output_dir=str(output_dir), rewards={"comfyui_reward": {"weight": 1.0}},
+                output_dir=str(output_dir or "progrpo"),
                 rollout=RolloutConfig(
                     group_size=group_size, num_steps=steps, dynamics=dynamics,
                     noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
@@ -317,23 +333,62 @@ class ProGRPOTrainLoop(io.ComfyNode):
             )
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
+        if output_dir is None:
+            run_name = default_run_name(config)
+            output_dir = run_directory(run_name)
+            config = dataclasses.replace(config, output_dir=str(output_dir))
         # One process: a ComfyUI server trains on the model it has loaded and never joins a
         # torch.distributed job, whatever WORLD_SIZE its environment holds (multi-GPU: the CLI).
         trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter, distributed=SINGLE_PROCESS)
         latest = output_dir / "checkpoints" / "latest"
         resume_from = "latest" if resume and latest.is_file() else None
-        bar = comfy.utils.ProgressBar(iterations)
         with training_context(), session:
-            try:
-                result = trainer.run(progress=lambda done, total: bar.update_absolute(done, total),
-                                     resume_from=resume_from)
-            except comfy.model_management.InterruptProcessingException:
-                trainer._checkpoint_on_interrupt()  # the last completed iteration, resumable
-                raise
+            result = _run(trainer, run_name, resume_from, save_every)
         lora = TrainedLora(adapter.state_dict())
         lora.metadata = _metadata(trainer.export_metadata(), adapter)
         curve = image_from_png(result.curve_path)
         return io.NodeOutput(adapter.patched_model(), lora, curve)
+
+
+def _run(trainer: Trainer, run_name: str, resume_from: str | None, save_every: int) -> Any:
+    """``trainer.run`` with ComfyUI's progress bar and Cancel; LoRA files every ``save_every`` and on failure.
+
+    A cancelled or failed run checkpoints its last completed iteration (the trainer does, for its own errors)
+    and writes that iteration's LoRA to ``<run_name>_<iteration>.safetensors`` before the error goes on.
+    """
+    bar = comfy.utils.ProgressBar(trainer.config.iterations)
+
+    def progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+        if save_every and done % save_every == 0:
+            _save_iteration_lora(trainer, run_name, trainer.adapter.state_dict(), done)
+
+    try:
+        return trainer.run(progress=progress, resume_from=resume_from)
+    except BaseException as error:
+        if isinstance(error, comfy.model_management.InterruptProcessingException):
+            trainer._checkpoint_on_interrupt()  # the last completed iteration, resumable
+        _save_checkpointed_lora(trainer, run_name)
+        raise
+
+
+def _save_iteration_lora(trainer: Trainer, run_name: str, tensors: dict[str, torch.Tensor], iteration: int) -> Path:
+    path = write_lora_file(f"{run_name}_{iteration}", tensors, _metadata(trainer.export_metadata(), trainer.adapter),
+                           input_name="run_name")
+    logger.info("LoRA of iteration %d written to %s", iteration, path)
+    return path
+
+
+def _save_checkpointed_lora(trainer: Trainer, run_name: str) -> None:
+    """The latest checkpoint's LoRA into models/loras, when there is one (never raises over the run's error)."""
+    from safetensors.torch import load_file
+
+    try:
+        folder = resolve_checkpoint(trainer.output_dir, "latest")
+        iteration = int(folder.name.removeprefix("iter_"))
+        _save_iteration_lora(trainer, run_name, load_file(str(folder / LORA_DIR / WEIGHTS_FILE)), iteration)
+    except (OSError, ValueError, ProGRPOConfigError) as failure:
+        logger.warning("no LoRA file written for the stopped run %s: %s", run_name, failure)
 
 
 def _resumed_targets(run_dir: Path | None, model: Any, targets: tuple[str, ...]) -> tuple[str, ...]:
@@ -371,6 +426,25 @@ def _input_named_in(message: str) -> str:
     return ""
 
 
+def write_lora_file(stem: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None,
+                    input_name: str = "name") -> Path:
+    """Write ``<stem>.safetensors`` into ComfyUI's loras folder atomically (the stock loader lists it at once)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder_paths.get_folder_paths("loras")[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = resolve_inside(folder, f"{stem}.safetensors", input_name, must_exist=False)
+    temp = folder / f".{stem}.safetensors.tmp-{os.getpid()}"
+    try:
+        save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, str(temp),
+                  metadata=dict(metadata or {"progrpo": "1"}))
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 class ProGRPOSaveLoRA(io.ComfyNode):
     """Write a LoRA into ComfyUI's loras folder so the stock Load LoRA node lists and applies it."""
 
@@ -402,25 +476,13 @@ class ProGRPOSaveLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora: dict, name: str) -> io.NodeOutput:
-        from safetensors.torch import save_file
-
         stem = name.removesuffix(".safetensors")
         if not LORA_NAME.match(stem):
             raise ProGRPOConfigError(f"name: {name!r} is not a plain file name; use letters, digits, '_', '-', '.'.")
-        tensors = {key: value.detach().contiguous().cpu() for key, value in lora.items()
-                   if isinstance(value, torch.Tensor)}
+        tensors = {key: value for key, value in lora.items() if isinstance(value, torch.Tensor)}
         if not tensors:
             raise ProGRPOConfigError("lora: holds no tensors; connect the lora output of Pro-GRPO Train Loop.")
-        folder = Path(folder_paths.get_folder_paths("loras")[0])
-        folder.mkdir(parents=True, exist_ok=True)
-        path = resolve_inside(folder, f"{stem}.safetensors", "name", must_exist=False)
-        temp = folder / f".{stem}.safetensors.tmp-{os.getpid()}"
-        try:
-            save_file(tensors, str(temp), metadata=dict(getattr(lora, "metadata", None) or {"progrpo": "1"}))
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        path = write_lora_file(stem, tensors, getattr(lora, "metadata", None))
         return io.NodeOutput(path.name, ui={"text": [path.name]})
 
 

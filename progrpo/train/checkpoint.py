@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ FORMAT_VERSION = 1
 #: fields a resume may change: bookkeeping, and the memory knobs (chunking changes float rounding only),
 #: so a run that ran out of memory resumes with a smaller micro-batch or rollout chunk.
 RESUME_FREE_FIELDS = frozenset(
-    {"iterations", "output_dir", "checkpoint_every", "max_bad_iterations", "rollout.measure_flops",
+    {"iterations", "output_dir", "checkpoint_every", "keep_last", "max_bad_iterations", "rollout.measure_flops",
      "rollout.keep_images", "rollout.max_batch_rows", "grpo.micro_batch_rows"}
 )
 
@@ -189,6 +190,30 @@ def _write_checkpoint(root: Path, network: torch.nn.Module | Any, state: Trainin
     return root / name
 
 
+def prune_checkpoints(output_dir: str | os.PathLike[str], keep_last: int) -> list[str]:
+    """Delete all but the ``keep_last`` newest ``iter_<k>`` folders (never the one ``latest`` names); returns their names.
+
+    Call it after a checkpoint is complete and ``latest`` names it: every deleted folder is older, so a kill at any
+    moment leaves the newest checkpoint whole. Each folder is first renamed to a temp name (atomic), so a kill
+    mid-delete leaves a temp that the next run removes, never a half-deleted ``iter_<k>``.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if keep_last < 1 or not root.is_dir():
+        return []
+    latest_file = root / LATEST_FILE
+    latest = latest_file.read_text(encoding="utf-8").strip() if latest_file.is_file() else None
+    found = sorted((int(m.group(1)), entry.name) for entry in root.iterdir()
+                   if entry.is_dir() and (m := re.fullmatch(r"iter_(\d+)", entry.name)))
+    doomed = [name for _, name in found[:-keep_last] if name != latest]
+    for name in doomed:
+        temp = root / f".{name}.tmp-delete-{os.getpid()}"
+        os.replace(root / name, temp)
+        shutil.rmtree(temp, ignore_errors=True)
+    if doomed:
+        logger.info("removed old checkpoints %s (keep_last=%d)", doomed, keep_last)
+    return doomed
+
+
 def resolve_checkpoint(output_dir: str | os.PathLike[str], resume_from: str | os.PathLike[str]) -> Path:
     """The checkpoint folder for ``resume_from``: ``"latest"`` (in ``output_dir``) or a folder path."""
     if str(resume_from) == LATEST_FILE:
@@ -254,12 +279,12 @@ def load_checkpoint(folder: str | os.PathLike[str], network: torch.nn.Module | A
 _ABSENT = "<absent>"
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten_config(value, name + "."))
         else:
             flat[name] = value
     return flat
@@ -286,7 +311,7 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 
     A field the saved config lacks (written by an earlier version) counts as its :data:`LEGACY_VALUES` value.
     """
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_config(saved), flatten_config(current)
     old = {**{name: value for name, value in LEGACY_VALUES.items() if name in new}, **old}
     differences = []
     for name in sorted(set(old) | set(new)):

@@ -260,6 +260,8 @@ class TrainConfig:
         output_dir: where ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``lora.safetensors``
             and ``curve.png`` go.
         checkpoint_every: write a checkpoint every this many iterations (0: only at the end/on stop).
+        keep_last: keep this many newest checkpoints, deleting older ones once a newer one is complete
+            (0: keep all).
         max_bad_iterations: an iteration with a NaN/inf reward, model output, advantage, loss or
             gradient norm is skipped (no optimiser step; ``skipped`` in its metrics line); this
             many skipped in a row stop the run with a checkpoint and an error naming the value.
@@ -281,6 +283,7 @@ class TrainConfig:
     rewards: dict[str, dict[str, Any]] = field(default_factory=_default_rewards)
     output_dir: str = "progrpo_output"
     checkpoint_every: int = 10
+    keep_last: int = 0
     max_bad_iterations: int = 3
     seed: int = 0
     negative_prompt: str | None = ""
@@ -313,6 +316,10 @@ class TrainConfig:
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ProGRPOConfigError(
                 f"checkpoint_every={self.checkpoint_every!r} must be an integer >= 0 (0: only at the end)."
+            )
+        if not _is_int(self.keep_last) or self.keep_last < 0:
+            raise ProGRPOConfigError(
+                f"keep_last={self.keep_last!r} must be an integer >= 0 (checkpoints kept; 0 keeps all)."
             )
         if not _is_int(self.max_bad_iterations) or self.max_bad_iterations < 1:
             raise ProGRPOConfigError(

@@ -48,6 +48,7 @@ from .checkpoint import (
     check_resume_compatible,
     checkpoint_name,
     load_checkpoint,
+    prune_checkpoints,
     read_checkpoint_config,
     resolve_checkpoint,
     restore_rng_state,
@@ -367,13 +368,14 @@ class Trainer:
         )
 
     def save_checkpoint(self, wait_for_ranks: bool = True) -> Path:
-        """Write ``checkpoints/iter_<iteration>`` (atomic; rank 0 only) and point ``latest`` at it.
+        """Write ``checkpoints/iter_<iteration>`` (atomic; rank 0 only), point ``latest`` at it, keep ``keep_last``.
 
         Other ranks hold the same state (identical steps), so they only wait for rank 0 to finish
         (``wait_for_ranks``) and return the same path.
         """
         if self.distributed.is_main:
             folder = save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.config.to_dict())
+            prune_checkpoints(self.output_dir, self.config.keep_last)  # older ones only, after the new one is whole
         else:
             folder = self.output_dir / CHECKPOINTS_DIR / checkpoint_name(self.iteration)
         if wait_for_ranks:

@@ -159,6 +159,83 @@ def test_interrupt_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(s
     assert entry["status"]["status_str"] == "success", entry["status"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == list(range(iteration + 1))
+    # the cancelled run wrote its last completed iteration's LoRA where the stock loader finds it
+    cancelled = server.models / "loras" / f"interrupted_{iteration}.safetensors"
+    assert cancelled.is_file()
+    log_start = len(server.log())
+    _stock_sample(server, "cancelled_lora", lora=cancelled.name)
+    assert "lora key not loaded" not in server.log()[log_start:]
+
+
+def _other_unet(server) -> str:
+    """A copy of the tiny UNet file with every weight scaled by 1.01: the same architecture, other weights."""
+    from safetensors.torch import load_file, save_file
+
+    name = "tiny_sd15_unet_other.safetensors"
+    folder = server.models / "diffusion_models"
+    if not (folder / name).exists():
+        state = load_file(str(folder / prompt_unet_file()))
+        save_file({key: value * 1.01 if value.is_floating_point() else value for key, value in state.items()},
+                  str(folder / name))
+    return name
+
+
+def prompt_unet_file() -> str:
+    return _workflow()["1"]["inputs"]["unet_name"]
+
+
+def _short_run(run_name: str, **inputs) -> dict:
+    workflow = _workflow()
+    prompt = {key: workflow[key] for key in ("1", "2", "3", "4", "5", "6", "8")}
+    prompt["6"]["inputs"].update({"run_name": run_name, "resume": True, "checkpoint_every": 1, **inputs})
+    return prompt
+
+
+def _error_message(server, prompt: dict) -> str:
+    status, body = server.post_prompt(prompt)
+    assert status == 200, body
+    entry = server.wait_history(body["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    return next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")["exception_message"]
+
+
+def _succeeds(server, prompt: dict) -> None:
+    status, body = server.post_prompt(prompt)
+    assert status == 200, body
+    entry = server.wait_history(body["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+def test_save_every_writes_loadable_loras_and_keep_last_prunes_checkpoints(server):
+    _succeeds(server, _short_run("saved_every", iterations=4, save_every=2, keep_last=2, resume=False))
+    names = sorted(p.name for p in (server.models / "loras").glob("saved_every_*.safetensors"))
+    assert names == ["saved_every_2.safetensors", "saved_every_4.safetensors"]
+    listed = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"]
+    assert set(names) <= set(listed[0] if isinstance(listed[0], list) else listed[1]["options"])
+    checkpoints = server.base / "output" / "progrpo" / "saved_every" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["iter_3", "iter_4", "latest"]
+    log_start = len(server.log())
+    _stock_sample(server, "saved_every_2", lora=names[0])
+    assert "lora key not loaded" not in server.log()[log_start:]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rank": 3, "alpha": 3.0}, "lora.rank"),
+    ("reward", "rewards.comfyui.reward"),
+    ("model", "model"),
+])
+def test_resume_with_another_reward_rank_or_base_model_is_refused_naming_it(server, change, field):
+    run_name = f"identity_{field.replace('.', '_')}"
+    _succeeds(server, _short_run(run_name, iterations=1, resume=False))
+    prompt = _short_run(run_name, iterations=2)
+    if change == "reward":
+        prompt["5"]["inputs"]["reward"] = "contrast"
+    elif change == "model":  # the same architecture with other weights (another fine-tune of the base)
+        prompt["1"]["inputs"]["unet_name"] = _other_unet(server)
+    else:
+        prompt["6"]["inputs"].update(change)
+    message = _error_message(server, prompt)
+    assert "cannot resume" in message and f"{field}:" in message, message
 
 
 def test_training_nodes_are_listed_with_category_and_input_tooltips(comfy_server):

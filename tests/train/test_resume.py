@@ -213,3 +213,37 @@ def test_a_checkpoint_from_before_the_baseline_regime_names_the_fields_to_set():
     legacy = {"grpo": {**current["grpo"], "updates_per_rollout": 1, "kl_form": "exact"},
               "rollout": {**current["rollout"], "preview": LEGACY_VALUES["rollout.preview"]}}
     assert config_differences(saved, legacy) == []
+
+
+def test_keep_last_holds_the_newest_checkpoints_and_resumes(tmp_path: Path):
+    trainer = Trainer(_config(tmp_path, iterations=4, checkpoint_every=1, keep_last=2))
+    trainer.run()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["iter_3", "iter_4"]
+    assert (root / "latest").read_text().strip() == "iter_4"
+    resumed = Trainer(_config(tmp_path, iterations=5, checkpoint_every=1, keep_last=2))
+    resumed.run(resume_from="latest")
+    assert resumed.iteration == 5
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["iter_4", "iter_5"]
+
+
+def test_a_kill_while_pruning_leaves_the_newest_checkpoint_whole(tmp_path: Path, monkeypatch):
+    """Pruning renames an old folder to a temp before deleting it: killed in between, the newest checkpoint
+    (what ``latest`` names) is complete and resumable, and the next run removes the temp."""
+    from progrpo.train import checkpoint
+
+    Trainer(_config(tmp_path, iterations=2, checkpoint_every=1)).run()
+    root = tmp_path / "checkpoints"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.prune_checkpoints(tmp_path, keep_last=1)
+    monkeypatch.undo()
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["iter_2"]
+    resumed = Trainer(_config(tmp_path, iterations=3, checkpoint_every=1, keep_last=1))
+    resumed.run(resume_from="latest")
+    assert resumed.iteration == 3
+    assert sorted(p.name for p in root.iterdir()) == ["iter_3", "latest"]  # the temp is gone
