@@ -12,6 +12,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .embedded_model import ProGRPOEmbeddedModelLoader
+from .evaluation import ProGRPOEvaluation
 from .expanded_sampler import ProGRPOExpandedSampler
 from .ovf_filter import ProGRPOOVFFilter
 from .plots import ProGRPOClusteringHistogram, ProGRPOPruningFunnel
@@ -37,6 +38,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     ProGRPOTrainStep,
     ProGRPOSaveLoRA,
     ProGRPOPromptGrid,
+    ProGRPOEvaluation,
 ]
 
 

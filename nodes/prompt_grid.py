@@ -8,6 +8,7 @@ Sampling goes through ``comfy.sample.sample``, the code path of the stock KSampl
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
@@ -45,6 +46,67 @@ def _encode(clip: Any, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
+def grid_sampling_inputs() -> list:
+    """samples_per_prompt, width, height, steps, cfg, sampler_name, scheduler, seed, negative_prompt (in this order)."""
+    return [
+        io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
+        *image_size_inputs(),
+        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+        io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale (1: no negative branch)."),
+        io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                       tooltip="ComfyUI sampler, as in KSampler."),
+        io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                       tooltip="ComfyUI scheduler, as in KSampler."),
+        io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
+                     tooltip="Noise seed; every prompt starts from this seed's noise."),
+        io.String.Input("negative_prompt", default="", tooltip="Negative prompt for CFG."),
+    ]
+
+
+def check_grid_sampling(node: type, cfg: float | None, sampler_name: str | None,
+                        scheduler: str | None) -> bool | str:
+    """Queue-time check of :func:`grid_sampling_inputs`' cfg (NaN passes ComfyUI's range check) and combos."""
+    checked = check_numbers(node, cfg=cfg)
+    return check_choices(node, sampler_name=sampler_name, scheduler=scheduler) if checked is True else checked
+
+
+@dataclass(frozen=True)
+class GridSampling:
+    """The stock-sampler settings of :func:`grid_sampling_inputs` with the shared starting noise.
+
+    Every prompt (and every MODEL sampled with these settings) starts from ``noise``: sample ``i`` of any
+    prompt gets the same noise, so two models compared with one GridSampling differ only by the model.
+    """
+
+    latent: torch.Tensor
+    noise: torch.Tensor
+    negative: list
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    seed: int
+
+    @classmethod
+    def prepare(cls, model: Any, clip: Any, vae: Any, samples_per_prompt: int, width: int, height: int,
+                steps: int, cfg: float, sampler_name: str, scheduler: str, seed: int,
+                negative_prompt: str) -> GridSampling:
+        """Checks the image size against the VAE and draws the seed's noise for ``samples_per_prompt`` images."""
+        factor = check_image_size(vae, width, height)
+        channels = int(model.get_model_object("latent_format").latent_channels)
+        latent = torch.zeros(samples_per_prompt, channels, height // factor, width // factor)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        return cls(latent, noise, _encode(clip, negative_prompt), steps, cfg, sampler_name, scheduler, seed)
+
+    def sample(self, model: Any, clip: Any, vae: Any, text: str) -> torch.Tensor:
+        """The decoded samples of one prompt through ``comfy.sample.sample`` (KSampler's path): [B, 3, H, W]."""
+        samples = comfy.sample.sample(model, self.noise, self.steps, self.cfg, self.sampler_name, self.scheduler,
+                                      _encode(clip, text), self.negative, self.latent, seed=self.seed,
+                                      disable_pbar=True)
+        return vae.decode(samples).movedim(-1, 1)[:, :3].float()
+
+
 class ProGRPOPromptGrid(io.ComfyNode):
     """Samples each prompt ``samples_per_prompt`` times (KSampler's code path) -> one captioned grid per prompt."""
 
@@ -65,18 +127,7 @@ class ProGRPOPromptGrid(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="Decodes the samples."),
                 io.String.Input("prompts", default="", multiline=True,
                                 tooltip="One prompt per line; each gets its own grid."),
-                io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
-                *image_size_inputs(),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (1: no negative branch)."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                               tooltip="ComfyUI sampler, as in KSampler."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
-                               tooltip="ComfyUI scheduler, as in KSampler."),
-                io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
-                             tooltip="Noise seed; every prompt starts from this seed's noise."),
-                io.String.Input("negative_prompt", default="", tooltip="Negative prompt for CFG."),
+                *grid_sampling_inputs(),
                 RewardType.Input("reward", optional=True,
                                  tooltip="Scores each sample; its value captions the tile and goes into scores."),
             ],
@@ -90,26 +141,20 @@ class ProGRPOPromptGrid(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, cfg: float | None = None, sampler_name: str | None = None,
                         scheduler: str | None = None) -> bool | str:
-        checked = check_numbers(cls, cfg=cfg)  # NaN passes ComfyUI's range check
-        return check_choices(cls, sampler_name=sampler_name, scheduler=scheduler) if checked is True else checked
+        return check_grid_sampling(cls, cfg, sampler_name, scheduler)
 
     @classmethod
     def execute(cls, model: Any, clip: Any, vae: Any, prompts: str, samples_per_prompt: int, width: int,
                 height: int, steps: int, cfg: float, sampler_name: str, scheduler: str, seed: int,
                 negative_prompt: str, reward: Any | None = None) -> io.NodeOutput:
         texts = prompt_lines(prompts)
-        factor = check_image_size(vae, width, height)
-        channels = int(model.get_model_object("latent_format").latent_channels)
-        latent = torch.zeros(samples_per_prompt, channels, height // factor, width // factor)
-        noise = comfy.sample.prepare_noise(latent, seed)
-        negative = _encode(clip, negative_prompt)
+        sampling = GridSampling.prepare(model, clip, vae, samples_per_prompt, width, height, steps, cfg,
+                                        sampler_name, scheduler, seed, negative_prompt)
         bar = comfy.utils.ProgressBar(len(texts))
         grids, scores = [], []
         for index, text in enumerate(texts):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, _encode(clip, text),
-                                          negative, latent, seed=seed, disable_pbar=True)
-            images = vae.decode(samples).movedim(-1, 1)[:, :3].float()  # [B, 3, H, W]
+            images = sampling.sample(model, clip, vae, text)  # [B, 3, H, W]
             rewards = None if reward is None else _score(reward, images, text)
             captions = None if rewards is None else [f"{float(value):.2f}" for value in rewards]
             title = text if rewards is None else f"{text}  (mean {float(rewards.mean()):.3f})"

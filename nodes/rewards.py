@@ -126,6 +126,12 @@ def resolve_device_choice(device: str | None) -> str:
     return str(device)
 
 
+def reward_name(reward: Any, fallback: str) -> str:
+    """The name a reward shows in tables and logs (its ``name``: the Loader's reward, the Combine's sum)."""
+    name = getattr(reward, "name", None)
+    return name if isinstance(name, str) and name else fallback
+
+
 class ProGRPORewardLoader(io.ComfyNode):
     """Builds a progrpo reward by name (weight-free, or from the rewards models folder)."""
 
@@ -224,7 +230,10 @@ class ProGRPORewardCombine(io.ComfyNode):
 
     @classmethod
     def execute(cls, reward_a: Any, weight_a: float, reward_b: Any, weight_b: float) -> io.NodeOutput:
-        return io.NodeOutput(WeightedSum({"a": reward_a, "b": reward_b}, {"a": float(weight_a), "b": float(weight_b)}))
+        combined = WeightedSum({"a": reward_a, "b": reward_b}, {"a": float(weight_a), "b": float(weight_b)})
+        names = reward_name(reward_a, "a"), reward_name(reward_b, "b")
+        combined.name = f"{float(weight_a):g}*{names[0]} + {float(weight_b):g}*{names[1]}"
+        return io.NodeOutput(combined)
 
 
 def split_prompts(prompts: str, count: int) -> list[str]:

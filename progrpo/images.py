@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -66,3 +66,39 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, columns, captions, scale).save(path)
     return path
+
+
+def text_table(lines: Sequence[str], header: Sequence[str], rows: Sequence[Sequence[str]], padding: int = 6) -> Image.Image:
+    """A white table image: caption ``lines`` on top, then ``header`` and ``rows`` in ruled, left-aligned columns."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cells = [list(header), *[list(row) for row in rows]]
+    widths = [max(int(draw.textlength(str(row[column]))) for row in cells) + 2 * padding
+              for column in range(len(header))]
+    line_height = 14
+    caption_height = line_height * len(lines) + (padding if lines else 0)
+    width = max(sum(widths), *(int(draw.textlength(line)) + 2 * padding for line in lines), 1)
+    out = Image.new("RGB", (width, caption_height + line_height * len(cells) + 1), "white")
+    draw = ImageDraw.Draw(out)
+    for index, line in enumerate(lines):
+        draw.text((padding, index * line_height + 1), line, fill="black")
+    for index, row in enumerate(cells):
+        y = caption_height + index * line_height
+        if index == 0:
+            draw.rectangle((0, y, sum(widths) - 1, y + line_height - 1), fill=(225, 225, 225))
+        x = 0
+        for column, cell in enumerate(row):
+            draw.text((x + padding, y + 1), str(cell), fill="black")
+            x += widths[column]
+        draw.line((0, y + line_height, sum(widths) - 1, y + line_height), fill=(180, 180, 180))
+    return out
+
+
+def stack_vertically(images: Sequence[Image.Image], gap: int = 10) -> Image.Image:
+    """PIL images one under the other on white, left-aligned, ``gap`` pixels apart."""
+    width = max(image.width for image in images)
+    out = Image.new("RGB", (width, sum(image.height for image in images) + gap * (len(images) - 1)), "white")
+    y = 0
+    for image in images:
+        out.paste(image, (0, y))
+        y += image.height + gap
+    return out

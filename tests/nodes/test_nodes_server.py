@@ -22,6 +22,7 @@ NEW_NODES = {
     "ProGRPOClusteringHistogram": "Pro-GRPO/plots",
     "ProGRPOEmbeddedModelLoader": "Pro-GRPO/loaders",
     "ProGRPOPromptGrid": "Pro-GRPO/evaluation",
+    "ProGRPOEvaluation": "Pro-GRPO/evaluation",
 }
 WORKFLOW = REPO / "workflows" / "inspect_expanded_sampling.api.json"
 

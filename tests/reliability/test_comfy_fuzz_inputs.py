@@ -81,6 +81,11 @@ def _bases() -> dict[str, tuple[str, dict]]:
         "samples_per_prompt": 1, "width": 16, "height": 16, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
         "scheduler": "simple", "seed": 0, "negative_prompt": "", "reward": ["2", 0]}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["T", 0]}}}
+    evaluation = {"1": LOADER, "2": reward(), "T": {"class_type": "ProGRPOEvaluation", "inputs": {
+        "model_before": ["1", 0], "model_after": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+        "prompts": "a handwritten digit 2", "reward_1": ["2", 0], "samples_per_prompt": 1, "width": 16, "height": 16,
+        "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "seed": 0, "negative_prompt": ""}},
+        "3": _preview_any(["T", 1])}
     loader_only = {"T": LOADER, "2": _preview_any(["T", 0])}
     reward_loader = {**_scored(), "T": reward(), "43": _preview_any(["42", 1])}
     reward_loader["42"] = {**reward_loader["42"], "inputs": {**reward_loader["42"]["inputs"], "reward": ["T", 0]}}
@@ -115,6 +120,7 @@ def _bases() -> dict[str, tuple[str, dict]]:
         "ProGRPOTrainStep": ("T", step),
         "ProGRPOSaveLoRA": ("T", save),
         "ProGRPOPromptGrid": ("T", grid),
+        "ProGRPOEvaluation": ("T", evaluation),
     }
 
 
