@@ -55,6 +55,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import DTYPES, TrainConfig, save_config
+from .curves import plot_training_curves
 from .distributed import DistributedContext
 from .faults import (
     BadIterations,
@@ -193,6 +194,7 @@ class Trainer:
         self.optimizer_steps = 0
         self.bad_iterations = BadIterations(self.config.max_bad_iterations)
         self.history: list[dict[str, Any]] = []
+        self._warned_at = -(10**9)  # iteration of the last "learning nothing" warning
         seed = self.config.seed
         self.rng_state: dict[str, Any] = {
             "torch": torch.Generator().manual_seed(derive_seed(seed, "torch")).get_state(),
@@ -282,11 +284,38 @@ class Trainer:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
                 stream.write(json.dumps(record) + "\n")
         logger.info(
-            "iteration %d/%d: reward %.4f +- %.4f, loss %.4g, grad norm %.3g, %d survivors, %.1fs",
+            "iteration %d/%d: reward %.4f +- %.4f, loss %.4g, grad norm %.3g, %d survivors, %d of %d groups tied, %.1fs",
             self.iteration, self.config.iterations, record["reward_mean"], record["reward_std"],
-            record["loss"], record["grad_norm"], record["survivors"], record["wall_time"],
+            record["loss"], record["grad_norm"], record["survivors"], record["zero_variance_groups"],
+            record["prompts"], record["wall_time"],
         )
+        self._warn_if_learning_nothing()
         return record
+
+    def _warn_if_learning_nothing(self, window: int = 10, every: int = 50) -> None:
+        """Warn (then every ``every`` iterations) when most groups of the last ``window`` iterations tied.
+
+        A group whose survivors all score the same has zero advantages: its update is a no-op (a saturated or
+        binary reward); the paper's motivation for expanding the group. Names the reward and what to change.
+        """
+        recent = [r for r in self.history[-window:] if not r.get("skipped")]
+        if len(recent) < min(window, 3) or self.iteration - self._warned_at < every:
+            return
+        tied = sum(r.get("zero_variance_groups", 0) for r in recent) / max(1, sum(r.get("prompts", 1) for r in recent))
+        if tied <= 0.5:
+            return
+        self._warned_at = self.iteration
+        logger.warning(
+            "%.0f%% of the prompt groups of the last %d iterations tied (every survivor scored the same under reward "
+            "%s): their advantages are 0 and the update learns nothing from them. The reward is saturated or "
+            "binary for these prompts: use a graded reward, harder prompts, a larger group_size or more noise.",
+            100 * tied, len(recent), self.reward_label,
+        )
+
+    @property
+    def reward_label(self) -> str:
+        """The reward as the config names it (the nodes store the reward's description under ``reward``)."""
+        return " + ".join(str(spec.get("reward", name)) for name, spec in self.config.rewards.items())
 
     def skip_iteration(self, fault: NonFiniteIteration, seconds: float = 0.0) -> dict[str, Any]:
         """Count iteration ``self.iteration`` as skipped for ``fault``; returns (and writes) its metric record."""
@@ -313,6 +342,7 @@ class Trainer:
             "reward_std": float(rewards.std(unbiased=False)),
             "reward_group_std": float(group_std.mean()),
             "zero_std_groups": float((group_std < 1e-6).float().mean()),
+            "zero_variance_groups": int((group_std < 1e-6).sum()),
             "survivors": int(rewards.shape[0]),
             "prompts": int(torch.unique(groups).numel()),
             "processes": self.distributed.world_size,
@@ -433,37 +463,8 @@ class Trainer:
             return self.adapter.export(path, self.export_metadata())
 
     def plot_curve(self, path: str | Path | None = None) -> Path | None:
-        """Reward and loss per iteration as a PNG (None when matplotlib is missing or nothing ran)."""
-        path = Path(path) if path is not None else self.output_dir / CURVE_FILE
-        history = [r for r in self.history if not r.get("skipped")]  # skipped iterations have no reward/loss
-        if not history:
-            return None
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            logger.warning("matplotlib is not installed; %s not written (pip install matplotlib)", path)
-            return None
-        steps = [r["iteration"] + 1 for r in history]
-        mean = [r["reward_mean"] for r in history]
-        # The survivors' spread is what OVF maximises, so a +-std band says nothing about progress;
-        # a trailing mean over 10 iterations shows the trend through the per-iteration noise.
-        window = min(10, len(mean))
-        trailing = [sum(mean[max(0, i - window + 1): i + 1]) / len(mean[max(0, i - window + 1): i + 1])
-                    for i in range(len(mean))]
-        figure = Figure(figsize=(8, 3.2))
-        FigureCanvasAgg(figure)  # Agg canvas on this figure only: no global backend switch
-        reward_axes, loss_axes = figure.subplots(1, 2)
-        reward_axes.plot(steps, mean, color="tab:blue", alpha=0.35, linewidth=1, label="per iteration")
-        reward_axes.plot(steps, trailing, color="tab:blue", linewidth=2, label=f"mean of last {window}")
-        reward_axes.legend(loc="lower right", fontsize="small")
-        reward_axes.set(xlabel="iteration", ylabel="mean reward (survivors)", title="reward")
-        loss_axes.plot(steps, [r["loss"] for r in history], color="tab:red")
-        loss_axes.set(xlabel="iteration", ylabel="loss", title="GRPO loss")
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format="png", dpi=100)
-        return path
+        """The training curves (:mod:`progrpo.train.curves`) as a PNG; None when matplotlib is missing or nothing ran."""
+        return plot_training_curves(self.history, Path(path) if path is not None else self.output_dir / CURVE_FILE)
 
     # --- the loop ------------------------------------------------------------------------------
 

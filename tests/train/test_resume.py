@@ -247,3 +247,35 @@ def test_a_kill_while_pruning_leaves_the_newest_checkpoint_whole(tmp_path: Path,
     resumed.run(resume_from="latest")
     assert resumed.iteration == 3
     assert sorted(p.name for p in root.iterdir()) == ["iter_3", "latest"]  # the temp is gone
+
+
+class _Tied:
+    """Every image scores 1: every group ties (a saturated reward)."""
+
+    name = "saturated"
+
+    def score(self, images, prompts):
+        return torch.ones(images.shape[0])
+
+
+def test_groups_that_tie_are_counted_and_a_run_of_them_is_warned_about(tmp_path: Path, caplog):
+    trainer = Trainer(_config(tmp_path, iterations=3, checkpoint_every=0), reward=_Tied())
+    with caplog.at_level("WARNING", logger="progrpo"):
+        result = trainer.run()
+    assert [r["zero_variance_groups"] for r in result.history] == [r["prompts"] for r in result.history]
+    warnings = [m for m in caplog.messages if "tied" in m]
+    assert len(warnings) == 1 and "reward brightness" in warnings[0] and "100%" in warnings[0], warnings
+
+
+def test_curves_leave_out_quantities_that_never_move(tmp_path: Path):
+    from progrpo.train.curves import _series, plot_training_curves
+
+    history = [{"iteration": k, "reward_mean": 0.5 + 0.01 * k, "reward_group_std": 0.1, "kl": 0.0,
+                "clip_fraction": 0.0, "grad_norm": 1.0 + k} for k in range(5)]
+    assert _series(history, ("kl", "approx_kl")) is None  # identically 0: no panel
+    assert _series(history, ("grad_norm",)) == ("grad_norm", [1.0, 2.0, 3.0, 4.0, 5.0])
+    path = plot_training_curves(history, tmp_path / "curve.png")
+    from PIL import Image
+
+    with Image.open(path) as image:  # reward + within-group std + grad norm: 3 panels of 330 px
+        assert image.size == (990, 320)
