@@ -53,6 +53,7 @@ from .comfy_training import (
 )
 from .expanded_sampler import RewardType, RolloutType
 from .input_checks import check_choices, check_numbers
+from .live_view import LiveView, prompt_server
 from .model_families import family_of, log_warnings, preset_targets, resolve_dynamics
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
@@ -81,10 +82,14 @@ class _TrainDenoiser(ComfyDenoiser):
     """ComfyDenoiser whose every model evaluation is a cancel point; optionally fixed CONDITIONINGs."""
 
     fixed: tuple[Any, Any] | None = None
+    live: LiveView | None = None
 
     def predict(self, sample, timestep, conditioning, guidance_scale):  # type: ignore[override]
         comfy.model_management.throw_exception_if_processing_interrupted()
-        return super().predict(sample, timestep, conditioning, guidance_scale)
+        prediction = super().predict(sample, timestep, conditioning, guidance_scale)
+        if self.live is not None:
+            self.live.model_call()
+        return prediction
 
     def encode_prompts(self, prompts, negative_prompt=""):  # type: ignore[override]
         if self.fixed is None:
@@ -229,8 +234,10 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.LoraModel.Output(display_name="lora",
                                     tooltip="The trained LoRA weights (kohya keys + alpha); save them with Pro-GRPO "
                                     "Save LoRA, or apply them with Load LoRA Model."),
-                io.Image.Output(display_name="curve", tooltip="Reward and loss per iteration."),
+                io.Image.Output(display_name="curve", tooltip="Training curves per iteration: survivors' reward, "
+                                "within-group std, KL, clip fraction, grad norm (panels of quantities that move)."),
             ],
+            hidden=[io.Hidden.unique_id],  # the live view's text goes to this node
         )
 
     @classmethod
@@ -324,7 +331,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                     group_size=group_size, num_steps=steps, dynamics=dynamics,
                     noise_level=None if noise_level < 0 else float(noise_level), guidance_scale=float(cfg),
                     prune_schedule=prune_schedule, selection=selection, height=height, width=width,
-                    keep_images=False, max_batch_rows=options.rollout_rows,
+                    keep_images=True, max_batch_rows=options.rollout_rows,  # survivors for the live preview
                 ),
                 lora=LoraSettings(rank=rank, alpha=alpha, target_modules=adapter.targets),
                 optim=OptimConfig(lr=lr),
@@ -342,24 +349,23 @@ class ProGRPOTrainLoop(io.ComfyNode):
         trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter, distributed=SINGLE_PROCESS)
         latest = output_dir / "checkpoints" / "latest"
         resume_from = "latest" if resume and latest.is_file() else None
+        denoiser.live = LiveView(iterations, steps, cls.hidden.unique_id if cls.hidden else None, prompt_server())
         with training_context(), session:
-            result = _run(trainer, run_name, resume_from, save_every)
+            result = _run(trainer, run_name, resume_from, save_every, denoiser.live)
         lora = TrainedLora(adapter.state_dict())
         lora.metadata = _metadata(trainer.export_metadata(), adapter)
         curve = image_from_png(result.curve_path)
         return io.NodeOutput(adapter.patched_model(), lora, curve)
 
 
-def _run(trainer: Trainer, run_name: str, resume_from: str | None, save_every: int) -> Any:
-    """``trainer.run`` with ComfyUI's progress bar and Cancel; LoRA files every ``save_every`` and on failure.
+def _run(trainer: Trainer, run_name: str, resume_from: str | None, save_every: int, live: LiveView) -> Any:
+    """``trainer.run`` with the live view (:mod:`.live_view`) and Cancel; LoRA files every ``save_every`` and on failure.
 
     A cancelled or failed run checkpoints its last completed iteration (the trainer does, for its own errors)
     and writes that iteration's LoRA to ``<run_name>_<iteration>.safetensors`` before the error goes on.
     """
-    bar = comfy.utils.ProgressBar(trainer.config.iterations)
-
     def progress(done: int, total: int) -> None:
-        bar.update_absolute(done, total)
+        live.iteration_done(done, trainer.last_rollout, trainer.history)
         if save_every and done % save_every == 0:
             _save_iteration_lora(trainer, run_name, trainer.adapter.state_dict(), done)
 

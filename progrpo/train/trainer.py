@@ -195,6 +195,7 @@ class Trainer:
         self.bad_iterations = BadIterations(self.config.max_bad_iterations)
         self.history: list[dict[str, Any]] = []
         self._warned_at = -(10**9)  # iteration of the last "learning nothing" warning
+        self.last_rollout: Rollout | None = None
         seed = self.config.seed
         self.rng_state: dict[str, Any] = {
             "torch": torch.Generator().manual_seed(derive_seed(seed, "torch")).get_state(),
@@ -275,6 +276,7 @@ class Trainer:
                 self._stepped = False  # grpo_update restored the weights, optimiser, lr and EMA
             check_update(update)  # a skipped step skips the whole iteration (no lr/EMA step either)
         self.optimizer_steps += int(update["optimizer_steps"])
+        self.last_rollout = rollout  # for live views (the nodes' preview image)
         self.iteration += 1
         self._stepped = False
         record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)

@@ -4,6 +4,7 @@ POST /interrupt with a resumable checkpoint, the cached model untouched, the sav
 from __future__ import annotations
 
 import json
+import struct
 import time
 import urllib.request
 import uuid
@@ -51,6 +52,7 @@ class _Socket:
         self.ws = websocket.create_connection(f"{server.url.replace('http', 'ws')}/ws?clientId={self.client_id}",
                                               timeout=300)
         self.messages: list[dict] = []
+        self.frames: list[bytes] = []
 
     def queue(self, server, prompt: dict) -> str:
         return _post(server, "/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
@@ -62,6 +64,21 @@ class _Socket:
                 message = json.loads(frame)
                 self.messages.append(message)
                 return message
+            self.frames.append(bytes(frame))
+
+    def previews(self) -> list[bytes]:
+        """Preview images sent without metadata (binary event 1: event, image type, image bytes)."""
+        return [frame[8:] for frame in self.frames if struct.unpack(">I", frame[:4])[0] == 1]
+
+    def texts(self, node: str) -> list[str]:
+        """Progress texts of ``node`` (binary event 3: event, node id length, node id, text)."""
+        texts = []
+        for frame in self.frames:
+            if struct.unpack(">I", frame[:4])[0] == 3:
+                length = struct.unpack(">I", frame[4:8])[0]
+                if frame[8:8 + length].decode() == node:
+                    texts.append(frame[8 + length:].decode())
+        return texts
 
     def until(self, prompt_id: str, kinds: set[str]) -> dict:
         while True:
@@ -106,7 +123,8 @@ def test_training_workflow_runs_over_http_with_progress_and_a_loadable_lora(serv
         socket.close()
     assert done["type"] == "execution_success", done
     progress = [m["data"] for m in socket.messages if m["type"] == "progress" and m["data"].get("node") == "6"]
-    assert [p["value"] for p in progress][-1] == 2 and all(p["max"] == 2 for p in progress), progress
+    # ticks on every model call (sampling steps, training micro-batches), ending full
+    assert len(progress) > 2 * 4 and progress[-1]["value"] == progress[-1]["max"], progress
     entry = server.wait_history(prompt_id)
     assert entry["outputs"]["8"]["images"] and entry["outputs"]["14"]["images"]
     lora = server.models / "loras" / "progrpo_sd15_brightness.safetensors"
@@ -182,6 +200,26 @@ def _other_unet(server) -> str:
 
 def prompt_unet_file() -> str:
     return _workflow()["1"]["inputs"]["unet_name"]
+
+
+def test_live_view_shows_survivors_curve_and_eta_while_training(server):
+    """Every iteration: a new preview image (survivors + reward curve), a status text with the ETA, and the
+    numbers as a progrpo.progress message on /ws."""
+    prompt = _short_run("live_view", iterations=3, resume=False)
+    socket = _Socket(server)
+    try:
+        prompt_id = socket.queue(server, prompt)
+        done = socket.until(prompt_id, {"execution_success", "execution_error", "execution_interrupted"})
+    finally:
+        socket.close()
+    assert done["type"] == "execution_success", done
+    previews = socket.previews()
+    assert len(previews) >= 3 and len(set(previews)) >= 3, len(previews)  # one per iteration, each different
+    texts = socket.texts("6")
+    assert len(texts) == 3 and all("ETA" in text and "groups tied" in text for text in texts), texts
+    assert texts[-1].startswith("iteration 3/3")
+    events = [m["data"] for m in socket.messages if m["type"] == "progrpo.progress"]
+    assert [e["iteration"] for e in events] == [1, 2, 3] and all("reward_mean" in e for e in events), events
 
 
 def _short_run(run_name: str, **inputs) -> dict:
