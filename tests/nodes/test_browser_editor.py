@@ -32,9 +32,11 @@ WORKFLOWS = REPO / "workflows"
 UI_FILES = sorted(path for path in WORKFLOWS.glob("*.json") if not path.name.endswith(".api.json"))
 QUEUED = {
     "inspect_expanded_sampling": {},
-    "embedded_digits_demo": {"ProGRPOTrainLoop": {"iterations": 2, "run_name": "browser_demo", "resume": False},
+    "embedded_digits_demo": {"ProGRPOTrainLoop": {"iterations": 3, "run_name": "browser_demo", "resume": False},
                              "ProGRPOPromptGrid": {"samples_per_prompt": 2}},
 }
+#: queued workflows whose node of this type the page watches while it runs (live view)
+WATCHED = {"embedded_digits_demo": "ProGRPOTrainLoop"}
 #: the user's settings file (user/default/comfy.settings.json): no first-run template dialog, no minimap,
 #: full detail at any zoom (screenshots of whole graphs are zoomed out).
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 1}
@@ -92,7 +94,7 @@ def editor(comfy_server):
             "url": comfy_server.url, "out": str(out), "chromium": CHROMIUM,
             "workflows": [
                 {"name": path.stem, "ui": json.loads(path.read_text()), "queue": path.stem in QUEUED,
-                 "short": QUEUED.get(path.stem, {}), "timeout_ms": 300000}
+                 "short": QUEUED.get(path.stem, {}), "watch": WATCHED.get(path.stem), "timeout_ms": 300000}
                 for path in UI_FILES
             ],
         }
@@ -136,6 +138,19 @@ def test_editor_converts_each_ui_workflow_into_its_api_twin(editor):
                 literal = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
                 converted = {k: v for k, v in prompt[node_id]["inputs"].items() if not isinstance(v, list)}
                 assert converted == literal, (name, node["class_type"])
+
+
+def test_demo_train_loop_shows_its_live_view_in_the_page(editor):
+    """While the demo trains (3 iterations) the page receives a new preview image for the Train Loop node every
+    iteration and its progress text with the ETA; screenshots of the page at the first previews are kept."""
+    result, _ = editor
+    run = result["workflows"]["embedded_digits_demo"]["run"]
+    assert run["status"] == "success", run
+    previews = {(p["size"], p["hash"]) for p in run["previews"]}
+    assert len(run["previews"]) >= 3 and len(previews) >= 3, run["previews"]  # changed at least twice
+    assert run["texts"] and all("ETA" in text for text in run["texts"]), run["texts"]
+    assert run["texts"][-1].startswith("iteration 3/3"), run["texts"]
+    assert len(run["shots"]) >= 2 and all(Path(shot).is_file() for shot in run["shots"]), run["shots"]
 
 
 def test_inspection_and_demo_run_from_the_page_and_show_their_images(editor):

@@ -2,12 +2,14 @@
 //
 //   node editor.mjs JOB.json   ->   prints one JSON result on stdout
 //
-// JOB: {url, out, chromium, workflows: [{name, ui, queue, short, timeout_ms}]}, where `ui` is a
+// JOB: {url, out, chromium, workflows: [{name, ui, queue, short, watch, timeout_ms}]}, where `ui` is a
 // UI-format workflow, `short` maps node type -> {widget: value} applied in the editor before
 // queueing, and `out` receives a screenshot per workflow. For every workflow the result holds what
 // the page saw: node types it could not resolve, widgets whose value the editor rejects, the API
 // prompt it converts the graph into (app.graphToPrompt), and, when queued, how the run ended and
-// which images the page shows. The node definitions of the Pro-GRPO pack come from the page too.
+// which images the page shows; with `watch` (a node type), the previews and progress texts that node
+// received while running, with a screenshot at each of the first three previews. The node definitions of
+// the Pro-GRPO pack come from the page too.
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -77,8 +79,14 @@ async function queueAndWait(page, short, timeoutMs) {
     });
     await window.app.queuePrompt(0, 1);
     const outcome = await finished;
-    // Let the front end render the outputs it received (executed messages come before success).
-    await new Promise((resolve) => setTimeout(resolve, 1500));
+    return outcome;
+  }, { short, timeoutMs }).then(async (outcome) => ({ ...outcome, shown: await shownImages(page) }));
+}
+
+// The images the page shows per node after a run (executed messages come before success: wait for them).
+async function shownImages(page) {
+  await page.waitForTimeout(1500);
+  return page.evaluate(() => {
     const shown = {};
     for (const node of window.app.graph.nodes) {
       const outputs = window.app.nodeOutputs?.[String(node.id)];
@@ -86,8 +94,59 @@ async function queueAndWait(page, short, timeoutMs) {
       const loaded = (node.imgs || []).filter((img) => img.complete && img.naturalWidth > 0).length;
       if (images || loaded) shown[node.id] = { type: node.type, images, loaded };
     }
-    return { ...outcome, shown };
-  }, { short, timeoutMs });
+    return shown;
+  });
+}
+
+// Queue, and while the run goes, record what the page receives for the node of type `watchType`: its
+// preview images (b_preview_with_metadata) and progress texts; screenshot the page at the first three previews.
+async function queueAndWatch(page, short, timeoutMs, watchType, shotPrefix) {
+  await page.evaluate(async ({ short, watchType }) => {
+    for (const node of window.app.graph.nodes) {
+      for (const [name, value] of Object.entries(short[node.type] || {})) {
+        const widget = (node.widgets || []).find((w) => w.name === name);
+        if (!widget) throw new Error(`${node.type} has no widget ${name}`);
+        widget.value = value;
+      }
+    }
+    const target = window.app.graph.nodes.find((node) => node.type === watchType);
+    if (!target) throw new Error(`no ${watchType} node to watch`);
+    const state = { node: String(target.id), previews: [], texts: [], done: null };
+    window.__progrpoLive = state;
+    const api = window.app.api;
+    api.addEventListener('b_preview_with_metadata', async ({ detail }) => {
+      if (String(detail.displayNodeId ?? detail.nodeId) !== state.node) return;
+      const bytes = new Uint8Array(await detail.blob.arrayBuffer());
+      let hash = 0;
+      for (const byte of bytes) hash = (hash * 31 + byte) >>> 0;
+      state.previews.push({ size: bytes.length, hash });
+    });
+    api.addEventListener('progress_text', ({ detail }) => {
+      if (String(detail.nodeId) === state.node) state.texts.push(detail.text);
+    });
+    for (const kind of ['execution_success', 'execution_error', 'execution_interrupted']) {
+      api.addEventListener(kind, () => { state.done = kind; });
+    }
+    await window.app.queuePrompt(0, 1);
+  }, { short, watchType });
+  const shots = [];
+  const started = Date.now();
+  let seen = 0;
+  for (;;) {
+    const count = await page.evaluate(() => window.__progrpoLive.previews.length);
+    if (count > seen && shots.length < 3) {
+      seen = count;
+      await page.waitForTimeout(300); // the node draws the new image
+      const path = `${shotPrefix}_live_${shots.length + 1}.png`;
+      await fitAndShoot(page, path);
+      shots.push(path);
+    }
+    if (await page.evaluate(() => window.__progrpoLive.done) || Date.now() - started > timeoutMs) break;
+    await page.waitForTimeout(200);
+  }
+  const state = await page.evaluate(() => window.__progrpoLive);
+  return { status: state.done ? state.done.replace('execution_', '') : 'timeout', previews: state.previews,
+           texts: state.texts, shots, shown: await shownImages(page) };
 }
 
 async function fitAndShoot(page, path) {
@@ -120,7 +179,10 @@ try {
     entry.dialogs = await page.evaluate(() => Array.from(document.querySelectorAll('.p-dialog'))
       .map((dialog) => (dialog.textContent || '').slice(0, 200)));
     entry.prompt = (await page.evaluate(async () => (await window.app.graphToPrompt()).output));
-    if (workflow.queue) {
+    if (workflow.queue && workflow.watch) {
+      entry.run = await queueAndWatch(page, workflow.short || {}, workflow.timeout_ms || 300000, workflow.watch,
+        join(job.out, workflow.name));
+    } else if (workflow.queue) {
       entry.run = await queueAndWait(page, workflow.short || {}, workflow.timeout_ms || 300000);
     }
     entry.screenshot = join(job.out, `${workflow.name}.png`);
