@@ -9,8 +9,8 @@
 2. queues ``workflows/embedded_digits_demo.api.json`` (POST /prompt): the embedded model loader,
    the digit-alignment reward, a prune schedule, the Train Loop, Save LoRA, and a Prompt Grid of
    every prompt before and after training on the same noise;
-3. prints the Train Loop's progress from the /ws messages (iteration, and the reward from the
-   run's metrics.jsonl);
+3. prints the Train Loop's progress from its ``progrpo.progress`` /ws messages (iteration, the survivors'
+   mean reward, the ETA);
 4. collects the results into ``--output``: the LoRA, ``reward_curve.png``, ``grids/`` (per prompt,
    before | after), ``metrics.jsonl``, ``evaluation.json`` and the queued ``workflow.api.json``;
 5. stops the server it started, unless ``--keep-server`` (then open http://127.0.0.1:PORT).
@@ -123,16 +123,7 @@ def output_file(url: str, subfolder: str, filename: str) -> bytes:
         return response.read()
 
 
-def last_metrics(url: str, run_folder: str) -> dict[str, Any] | None:
-    """The newest line of the run's metrics.jsonl, or None before the first iteration."""
-    try:
-        lines = output_file(url, run_folder, "metrics.jsonl").decode("utf-8").strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
-
-
-async def run_prompt(url: str, prompt: dict[str, Any], run_folder: str) -> dict[str, Any]:
+async def run_prompt(url: str, prompt: dict[str, Any]) -> dict[str, Any]:
     """Queue ``prompt`` and print progress until it finishes; returns its /history entry."""
     import aiohttp
 
@@ -158,12 +149,11 @@ async def run_prompt(url: str, prompt: dict[str, Any], run_folder: str) -> dict[
                     continue
                 if kind == "executing" and data.get("node") is not None:
                     say(f"  running: {titles.get(str(data['node']), data['node'])}")
-                elif kind == "progress" and str(data.get("node")) == TRAIN_NODE:
-                    done, total = int(data["value"]), int(data["max"])
-                    metrics = last_metrics(url, run_folder) or {}
-                    reward = metrics.get("reward_mean")
-                    line = (f"  iteration {done:>4}/{total}  reward {reward:.3f}" if reward is not None
-                            else f"  iteration {done:>4}/{total}") + f"  ({time.monotonic() - started:.0f} s)"
+                elif kind == "progrpo.progress" and str(data.get("node")) == TRAIN_NODE:
+                    # the Train Loop's per-iteration message (its live view): iteration, reward, ETA
+                    done, total = int(data["iteration"]), int(data["iterations"])
+                    line = (f"  iteration {done:>4}/{total}  reward {data.get('reward_mean', float('nan')):.3f}"
+                            f"  ({time.monotonic() - started:.0f} s, ETA {data.get('eta_seconds', 0):.0f} s)")
                     if tty:
                         sys.stdout.write("\r" + line + ("\n" if done == total else ""))
                         sys.stdout.flush()
@@ -277,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = build_prompt(args.iterations, args.resume, args.seed)
         run_folder = f"progrpo/{prompt[TRAIN_NODE]['inputs']['run_name']}"
         began = time.monotonic()
-        entry = asyncio.run(run_prompt(url, prompt, run_folder))
+        entry = asyncio.run(run_prompt(url, prompt))
         evaluation = collect(url, entry, prompt, args.output.resolve(), run_folder)
         say(f"done in {time.monotonic() - began:.0f} s. Mean reward on the same {evaluation['samples_per_prompt']} "
             f"seeds per prompt: before {evaluation['mean_before']:.3f} -> after {evaluation['mean_after']:.3f}")

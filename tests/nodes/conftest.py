@@ -23,3 +23,15 @@ from comfy_harness import ComfyServer
 def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """A running ComfyUI server (``.url``, ``.post_prompt``, ``.wait_history``, ``.log()``, ``.models``)."""
     yield from ComfyServer.for_session(tmp_path_factory, "comfyui-base")
+
+
+@pytest.fixture(scope="module")
+def tiny_models_server(comfy_server: ComfyServer) -> Iterator[ComfyServer]:
+    """The session server with the tiny stock-loadable models (tiny_stock_models) in its models folder."""
+    from tiny_stock_models import write_tiny_stock_models
+
+    write_tiny_stock_models(comfy_server.models)
+    yield comfy_server
+    # pytest keeps the last few temp dirs: do not leave ~300 MB of random weights in each.
+    for path in comfy_server.models.glob("*/tiny_*.safetensors"):
+        path.unlink()

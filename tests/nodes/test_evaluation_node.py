@@ -12,7 +12,7 @@ import json
 import pytest
 from comfy_harness import requires_comfyui
 from PIL import Image
-from tiny_stock_models import CLIP_FILE, UNET_FILE, VAE_NAME, write_tiny_stock_models
+from tiny_stock_models import CLIP_FILE, UNET_FILE, VAE_NAME
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
@@ -22,12 +22,8 @@ REWARDS = {"21": "brightness", "22": "jpeg_compressibility"}
 
 
 @pytest.fixture(scope="module")
-def server(comfy_server):
-    """The session server with the tiny stock-loadable models in its models folder."""
-    write_tiny_stock_models(comfy_server.models)
-    yield comfy_server
-    for path in comfy_server.models.glob("*/tiny_*.safetensors"):
-        path.unlink()
+def server(tiny_models_server):
+    return tiny_models_server
 
 
 def _graph(prompts: str = "\n".join(PROMPTS), after: list | None = None) -> dict:

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from comfy_harness import REPO, requires_comfyui
-from tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
@@ -28,13 +27,8 @@ WORKFLOW = REPO / "workflows" / "inspect_expanded_sampling.api.json"
 
 
 @pytest.fixture(scope="module")
-def server(comfy_server):
-    """The session server with the tiny stock-loadable models in its models folder."""
-    write_tiny_stock_models(comfy_server.models)
-    yield comfy_server
-    # pytest keeps the last few temp dirs: do not leave ~300 MB of random weights in each.
-    for path in comfy_server.models.glob("*/tiny_*.safetensors"):
-        path.unlink()
+def server(tiny_models_server):
+    return tiny_models_server
 
 
 def _workflow() -> dict:
@@ -70,7 +64,9 @@ def test_every_node_is_listed_with_category_and_input_tooltips(comfy_server):
 
 
 def test_inspection_workflow_runs_and_previews_images(server):
-    entry = _run(server, _workflow())
+    prompt = _workflow()
+    prompt["9"]["inputs"]["seed"] += 7  # not the graph another test queued: ComfyUI would serve it from its cache
+    entry = _run(server, prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     survivors = entry["outputs"]["11"]["images"]
     funnel = entry["outputs"]["13"]["images"]

@@ -32,21 +32,14 @@ from pathlib import Path
 import torch
 from comfy_harness import import_comfy
 from tiny_families import TinyFamily, save_tiny_unet, text_tensor
+from tiny_stock_models import SD15_UNET_CONFIG, _randomised
 from tiny_stock_models import UNET_FILE as SD15_UNET_FILE
-from tiny_stock_models import _randomised
 
 DTYPE = torch.float16
 TOKENS = 12  # tokens of the synthetic conditioning
 
 #: ``unet_config`` of each tiny file, as ``detect_unet_config`` reads it back from the tensors.
-SD15_CONFIG = {
-    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [1],
-    "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-    "transformer_depth_middle": 0, "context_dim": 768, "use_spatial_transformer": True,
-    "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-    "use_temporal_resblock": False, "legacy": False, "use_checkpoint": False, "num_heads": 8,
-    "num_head_channels": -1,
-}  # = tiny_stock_models' UNet
+SD15_CONFIG = SD15_UNET_CONFIG  # the file tiny_stock_models writes
 SDXL_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
     "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "out_channels": 4,

@@ -28,6 +28,8 @@ norm biases zero and batch-norm statistics mean 0 / var 1. Stored float16.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -178,29 +180,21 @@ def _write_taef1(models_dir: Path, seed: int) -> None:
     _save_taesd(Path(models_dir), TAEF1, 16, seed + 5)
 
 
-def _write_flux2(models_dir: Path, seed: int) -> None:
-    _write_unet(models_dir, FLUX2_UNET, "Flux2", FLUX2_NARROW, seed)
-    _write_flux2_vae(models_dir, seed + 100)
+def _writer(unet_file: str, config_class: str, config: dict, vae: Callable[[Path, int], None],
+            match: dict | None = None) -> Callable[[Path, int], None]:
+    """``write(models_dir, seed)``: the narrow diffusion model (through the detection shim) and its VAE."""
+    def write(models_dir: Path, seed: int) -> None:
+        _write_unet(models_dir, unet_file, config_class, config, seed, match)
+        vae(models_dir, seed)
+
+    return write
 
 
-def _write_hidream(models_dir: Path, seed: int) -> None:
-    _write_unet(models_dir, HIDREAM_UNET, "HiDream", HIDREAM_NARROW, seed)
-    _write_taef1(models_dir, seed)
-
-
-def _write_qwen(models_dir: Path, seed: int) -> None:
-    _write_unet(models_dir, QWEN_UNET, "QwenImage", QWEN_NARROW, seed)
-    _write_wan21_vae(models_dir, seed + 100)
-
-
-def _write_lumina2(models_dir: Path, seed: int) -> None:
-    _write_unet(models_dir, LUMINA2_UNET, "Lumina2", LUMINA2_NARROW, seed)
-    _write_taef1(models_dir, seed)
-
-
-def _write_zimage(models_dir: Path, seed: int) -> None:
-    _write_unet(models_dir, ZIMAGE_UNET, "ZImage", ZIMAGE_NARROW, seed, match={"dim": ZIMAGE_CONFIG["dim"]})
-    _write_taef1(models_dir, seed)
+_write_flux2 = _writer(FLUX2_UNET, "Flux2", FLUX2_NARROW, lambda models, seed: _write_flux2_vae(models, seed + 100))
+_write_hidream = _writer(HIDREAM_UNET, "HiDream", HIDREAM_NARROW, _write_taef1)
+_write_qwen = _writer(QWEN_UNET, "QwenImage", QWEN_NARROW, lambda models, seed: _write_wan21_vae(models, seed + 100))
+_write_lumina2 = _writer(LUMINA2_UNET, "Lumina2", LUMINA2_NARROW, _write_taef1)
+_write_zimage = _writer(ZIMAGE_UNET, "ZImage", ZIMAGE_NARROW, _write_taef1, match={"dim": ZIMAGE_CONFIG["dim"]})
 
 
 # --- conditioning -------------------------------------------------------------------------------
@@ -228,14 +222,13 @@ def _qwen_conditioning(text: str) -> list:
     return [[text_tensor(text, (1, TOKENS, NARROW_TEXT), "qwen-image"), {"pooled_output": None}]]
 
 
-def _lumina2_conditioning(text: str) -> list:
-    return [[text_tensor(text, (1, TOKENS, LUMINA_CAPTION), "lumina2"),
-             {"pooled_output": None, "attention_mask": _mask()}]]
+def _caption_conditioning(salt: str, width: int, text: str) -> list:
+    """Lumina 2 / Z-Image: caption hidden states [1, T, width] (Gemma-2 / Qwen3), an all-ones mask, no pooled output."""
+    return [[text_tensor(text, (1, TOKENS, width), salt), {"pooled_output": None, "attention_mask": _mask()}]]
 
 
-def _zimage_conditioning(text: str) -> list:
-    return [[text_tensor(text, (1, TOKENS, ZIMAGE_CAPTION), "z-image"),
-             {"pooled_output": None, "attention_mask": _mask()}]]
+_lumina2_conditioning = partial(_caption_conditioning, "lumina2", LUMINA_CAPTION)
+_zimage_conditioning = partial(_caption_conditioning, "z-image", ZIMAGE_CAPTION)
 
 
 _SHIM = ("The test file is 128 wide (2 heads x 64; Z-Image 256) with one block of each kind, through the test-only "

@@ -22,6 +22,15 @@ from comfy_harness import import_comfy
 UNET_FILE = "tiny_sd15_unet.safetensors"
 CLIP_FILE = "tiny_clip_l.safetensors"
 VAE_NAME = "taesd"
+#: the tiny SD1.5 UNet (detection pins model_channels 320 and context_dim 768): one level, one res block
+SD15_UNET_CONFIG = {
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [1],
+    "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
+    "transformer_depth_middle": 0, "context_dim": 768, "use_spatial_transformer": True,
+    "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
+    "use_temporal_resblock": False, "legacy": False, "use_checkpoint": False, "num_heads": 8,
+    "num_head_channels": -1,
+}
 
 
 def _randomised(state: dict[str, torch.Tensor], seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -48,15 +57,7 @@ def write_tiny_stock_models(models: Path, seed: int = 0) -> None:
     unet_path = models / "diffusion_models" / UNET_FILE
     if not unet_path.exists():
         unet_path.parent.mkdir(parents=True, exist_ok=True)
-        unet_config = {
-            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [1],
-            "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-            "transformer_depth_middle": 0, "context_dim": 768, "use_spatial_transformer": True,
-            "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-            "use_temporal_resblock": False, "legacy": False, "use_checkpoint": False, "num_heads": 8,
-            "num_head_channels": -1,
-        }
-        config = comfy.supported_models.SD15(unet_config)
+        config = comfy.supported_models.SD15(dict(SD15_UNET_CONFIG))
         config.set_inference_dtype(torch.float32, None)
         model = config.get_model({})
         state = _randomised(model.diffusion_model.state_dict(), seed, torch.float16)

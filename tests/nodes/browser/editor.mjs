@@ -60,8 +60,9 @@ function inspectGraph() {
   return { missing, invalid, node_count: window.app.graph.nodes.length };
 }
 
-async function queueAndWait(page, short, timeoutMs) {
-  return page.evaluate(async ({ short, timeoutMs }) => {
+// Set the `short` widget values (node type -> {widget: value}) in the loaded graph.
+async function applyShort(page, short) {
+  await page.evaluate((short) => {
     for (const node of window.app.graph.nodes) {
       for (const [name, value] of Object.entries(short[node.type] || {})) {
         const widget = (node.widgets || []).find((w) => w.name === name);
@@ -69,6 +70,12 @@ async function queueAndWait(page, short, timeoutMs) {
         widget.value = value;
       }
     }
+  }, short);
+}
+
+async function queueAndWait(page, short, timeoutMs) {
+  await applyShort(page, short);
+  return page.evaluate(async ({ timeoutMs }) => {
     const api = window.app.api;
     const finished = new Promise((resolve) => {
       const timer = setTimeout(() => resolve({ status: 'timeout' }), timeoutMs);
@@ -80,7 +87,7 @@ async function queueAndWait(page, short, timeoutMs) {
     await window.app.queuePrompt(0, 1);
     const outcome = await finished;
     return outcome;
-  }, { short, timeoutMs }).then(async (outcome) => ({ ...outcome, shown: await shownImages(page) }));
+  }, { timeoutMs }).then(async (outcome) => ({ ...outcome, shown: await shownImages(page) }));
 }
 
 // The images the page shows per node after a run (executed messages come before success: wait for them).
@@ -101,14 +108,8 @@ async function shownImages(page) {
 // Queue, and while the run goes, record what the page receives for the node of type `watchType`: its
 // preview images (b_preview_with_metadata) and progress texts; screenshot the page at the first three previews.
 async function queueAndWatch(page, short, timeoutMs, watchType, shotPrefix) {
-  await page.evaluate(async ({ short, watchType }) => {
-    for (const node of window.app.graph.nodes) {
-      for (const [name, value] of Object.entries(short[node.type] || {})) {
-        const widget = (node.widgets || []).find((w) => w.name === name);
-        if (!widget) throw new Error(`${node.type} has no widget ${name}`);
-        widget.value = value;
-      }
-    }
+  await applyShort(page, short);
+  await page.evaluate(async ({ watchType }) => {
     const target = window.app.graph.nodes.find((node) => node.type === watchType);
     if (!target) throw new Error(`no ${watchType} node to watch`);
     const state = { node: String(target.id), previews: [], texts: [], done: null };
@@ -128,7 +129,7 @@ async function queueAndWatch(page, short, timeoutMs, watchType, shotPrefix) {
       api.addEventListener(kind, () => { state.done = kind; });
     }
     await window.app.queuePrompt(0, 1);
-  }, { short, watchType });
+  }, { watchType });
   const shots = [];
   const started = Date.now();
   let seen = 0;
