@@ -12,7 +12,8 @@
 3. prints the Train Loop's progress from its ``progrpo.progress`` /ws messages (iteration, the survivors'
    mean reward, the ETA);
 4. collects the results into ``--output``: the LoRA, ``reward_curve.png``, ``grids/`` (per prompt,
-   before | after), ``metrics.jsonl``, ``evaluation.json`` and the queued ``workflow.api.json``;
+   before | after), ``metrics.jsonl``, ``evaluation.json``, the held-out evaluation (``held_out_table.png``,
+   ``held_out.json``: other phrasings of the prompts, scored by two rewards) and the queued ``workflow.api.json``;
 5. stops the server it started, unless ``--keep-server`` (then open http://127.0.0.1:PORT).
 
 Needs ComfyUI's requirements (aiohttp) in the interpreter running it, as .venv has.
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "embedded_digits_demo.api.json"
 TRAIN_NODE, LORA_NODE, CURVE_NODE, BEFORE_NODE, AFTER_NODE = "4", "5", "6", "7", "8"
 BEFORE_IMAGES, AFTER_IMAGES = "9", "10"
+EVALUATION_TABLE, EVALUATION_JSON = "13", "14"  # held-out prompts before/after (ProGRPOEvaluation)
 
 
 def say(message: str) -> None:
@@ -236,6 +238,8 @@ def collect(url: str, entry: dict[str, Any], prompt: dict[str, Any], output: Pat
         "lora": lora_name,
     }
     (output / "evaluation.json").write_text(json.dumps(evaluation, indent=1), encoding="utf-8")
+    (output / "held_out_table.png").write_bytes(fetch_image(url, outputs[EVALUATION_TABLE]["images"][0]))
+    (output / "held_out.json").write_text(outputs[EVALUATION_JSON]["text"][0], encoding="utf-8")
     return evaluation
 
 
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"done in {time.monotonic() - began:.0f} s. Mean reward on the same {evaluation['samples_per_prompt']} "
             f"seeds per prompt: before {evaluation['mean_before']:.3f} -> after {evaluation['mean_after']:.3f}")
         say(f"results in {args.output.resolve()}: {evaluation['lora']}, reward_curve.png, grids/, metrics.jsonl, "
-            "evaluation.json")
+            "evaluation.json, held_out_table.png, held_out.json")
     except DemoError as error:
         say(f"error: {error}")
         return 1

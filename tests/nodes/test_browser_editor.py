@@ -150,7 +150,27 @@ def test_demo_train_loop_shows_its_live_view_in_the_page(editor):
     assert len(run["previews"]) >= 3 and len(previews) >= 3, run["previews"]  # changed at least twice
     assert run["texts"] and all("ETA" in text for text in run["texts"]), run["texts"]
     assert run["texts"][-1].startswith("iteration 3/3"), run["texts"]
-    assert len(run["shots"]) >= 2 and all(Path(shot).is_file() for shot in run["shots"]), run["shots"]
+    live_shots = [shot for shot in run["shots"] if "_live_" in shot]
+    assert len(live_shots) >= 2 and all(Path(shot).is_file() for shot in run["shots"]), run["shots"]
+    assert any(shot.endswith("_evaluation_table.png") for shot in run["shots"]), run["shots"]
+
+
+def test_demo_curve_has_a_panel_per_moving_quantity_and_none_flat(editor):
+    """The demo's curve image: the reward panel plus one per quantity that moved (progrpo.train.curves), no
+    panel of a quantity that stayed ~0."""
+    from PIL import Image
+
+    from progrpo.train.curves import PANELS, _series
+
+    _, server = editor
+    records = [json.loads(line) for line in
+               (server.base / "output" / "progrpo" / "browser_demo" / "metrics.jsonl").read_text().splitlines()]
+    moving = [title for title, _, keys in PANELS if _series(records, keys)]
+    flat = [title for title, _, keys in PANELS if any(k in records[0] for k in keys) and not _series(records, keys)]
+    (curve,) = sorted((server.base / "output" / "progrpo_demo").glob("reward_curve_*.png"))[-1:]
+    with Image.open(curve) as image:
+        assert image.width == 330 * (1 + len(moving)), (image.size, moving, flat)
+    assert "within-group std" in moving and "grad norm" in moving, moving
 
 
 def test_inspection_and_demo_run_from_the_page_and_show_their_images(editor):

@@ -45,6 +45,9 @@ def test_main_job_script_runs_the_demo_workflow_through_comfyui(tmp_path):
     evaluation = json.loads((output / "evaluation.json").read_text())
     assert len(evaluation["per_prompt"]) == 10 and evaluation["iterations"] == 3
     assert 0.0 <= evaluation["mean_before"] <= 1.0 and 0.0 <= evaluation["mean_after"] <= 1.0
+    held_out = json.loads((output / "held_out.json").read_text())
+    assert len(held_out["prompts"]) == 10 and set(held_out["rewards"]) == {"digit_alignment", "contrast"}
+    assert (output / "held_out_table.png").stat().st_size > 1000
     queued = json.loads((output / "workflow.api.json").read_text())
     assert queued["4"]["inputs"]["iterations"] == 3 and queued["4"]["inputs"]["resume"] is False
 

@@ -139,15 +139,49 @@ async function queueAndWatch(page, short, timeoutMs, watchType, shotPrefix) {
       seen = count;
       await page.waitForTimeout(300); // the node draws the new image
       const path = `${shotPrefix}_live_${shots.length + 1}.png`;
-      await fitAndShoot(page, path);
+      await focusAndShoot(page, watchType, path);
       shots.push(path);
     }
     if (await page.evaluate(() => window.__progrpoLive.done) || Date.now() - started > timeoutMs) break;
     await page.waitForTimeout(200);
   }
   const state = await page.evaluate(() => window.__progrpoLive);
+  const shown = await shownImages(page);
+  // the finished Train Loop and the evaluation table, at full size
+  for (const [match, label] of [['ProGRPOTrainLoop', 'train_loop'], ['Evaluation table', 'evaluation_table']]) {
+    const path = `${shotPrefix}_${label}.png`;
+    if (await focusAndShoot(page, match, path)) shots.push(path);
+  }
   return { status: state.done ? state.done.replace('execution_', '') : 'timeout', previews: state.previews,
-           texts: state.texts, shots, shown: await shownImages(page) };
+           texts: state.texts, shots, shown };
+}
+
+// Screenshot the first node whose type or title is `match` at 100% zoom, centred and brought to the front,
+// cropped to the node (false when there is none).
+async function focusAndShoot(page, match, path) {
+  const clip = await page.evaluate((match) => {
+    const canvas = window.app.canvas;
+    const node = window.app.graph.nodes.find((candidate) => candidate.type === match || candidate.title === match);
+    if (!node) return null;
+    const box = canvas.canvas.getBoundingClientRect();
+    const title = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+    canvas.ds.scale = 1;
+    canvas.bringToFront?.(node);
+    // a node taller than the view shows its lower part (where outputs, previews and progress text are)
+    const visible = Math.min(node.size[1] + title, box.height - 120);
+    const top = node.pos[1] + node.size[1] - visible;
+    canvas.ds.offset[0] = (box.width - node.size[0]) / 2 - node.pos[0];
+    canvas.ds.offset[1] = 100 - top;
+    canvas.setDirty(true, true);
+    const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0], top]);
+    return { x: Math.max(0, box.left + x - 4), y: Math.max(0, box.top + y - 4),
+             width: node.size[0] + 8, height: visible + 8 };
+  }, match);
+  if (clip) {
+    await page.waitForTimeout(500);
+    await page.screenshot({ path, clip });
+  }
+  return Boolean(clip);
 }
 
 async function fitAndShoot(page, path) {
