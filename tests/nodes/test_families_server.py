@@ -7,6 +7,7 @@ test node pack), one prompt runs:
 * the stock empty latent (``EmptyLatentImage``: 4 channels, converted by the nodes as KSampler converts it;
   ``EmptyFlux2LatentImage`` for Flux.2, whose latents are 16x smaller) into the **Expanded Sampler** with a
   prune schedule and a weight-free reward (4 trajectories, 2 kept after step 1);
+* Pro-GRPO's SAMPLER (``cps``) in the stock SamplerCustomAdvanced on the same latent;
 * a **Train Loop** of 2 iterations with the family's ``attention`` preset (``auto`` dynamics: ``flow_sde`` on
   flow families, ``ddim`` on SD), its LoRA saved by **Save LoRA**, and a stock KSampler on its MODEL output;
 
@@ -125,6 +126,15 @@ def _loop_graph(family) -> dict:
     graph["11"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["10", 1], "name": run_name}}
     graph["12"] = _ksampler(["10", 0], ["3", 0])
     graph["13"] = {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": f"{run_name}_loop"}}
+    # Pro-GRPO's SAMPLER in the stock SamplerCustomAdvanced, on the same stock empty latent
+    graph["14"] = {"class_type": "ProGRPOSampler", "inputs": {"dynamics": "cps", "noise_level": -1.0}}
+    graph["15"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+    graph["16"] = {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["3", 0]}}
+    graph["17"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 2,
+                                                              "denoise": 1.0}}
+    graph["18"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["15", 0], "guider": ["16", 0], "sampler": ["14", 0], "sigmas": ["17", 0], "latent_image": ["6", 0]}}
+    graph["19"] = {"class_type": "SaveLatent", "inputs": {"samples": ["18", 0], "filename_prefix": f"{run_name}_custom"}}
     return graph
 
 
@@ -148,6 +158,8 @@ def test_family_samples_prunes_trains_and_round_trips_its_lora(server, name: str
 
     survivors = _saved_latent(server, loop, "9")
     assert survivors.shape[0] == 2 and torch.isfinite(survivors).all(), survivors.shape
+    custom = _saved_latent(server, loop, "19")  # the SAMPLER node through SamplerCustomAdvanced
+    assert custom.shape[1:] == survivors.shape[1:] and torch.isfinite(custom).all(), (custom.shape, survivors.shape)
     run = server.base / "output" / "progrpo" / f"family_{name}"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["grad_norm"])) for r in records), records
