@@ -35,9 +35,10 @@ def status_line(record: dict[str, Any], total: int, seconds_per_iteration: float
     if record.get("skipped"):
         return f"iteration {done}/{total}: skipped ({record.get('reason', 'non-finite values')})"
     remaining = max(0, total - done) * seconds_per_iteration
+    held_out = f"held-out {record['eval_reward']:.4f} | " if isinstance(record.get("eval_reward"), float) else ""
     return (
         f"iteration {done}/{total} | reward {record['reward_mean']:.4f} (group std {record['reward_group_std']:.4f}) | "
-        f"{record.get('zero_variance_groups', 0)}/{record.get('prompts', 1)} groups tied | "
+        f"{record.get('zero_variance_groups', 0)}/{record.get('prompts', 1)} groups tied | {held_out}"
         f"KL {record.get('approx_kl', 0.0):.3g} | clip {record.get('clip_fraction', 0.0):.3f} | "
         f"{seconds_per_iteration:.1f} s/it | ETA {_duration(remaining)}"
     )
@@ -134,7 +135,7 @@ class LiveView:
         if self.server is None or self.node_id is None:
             return
         self.server.send_progress_text(text, self.node_id)
-        keys = ("reward_mean", "reward_group_std", "zero_variance_groups", "prompts", "approx_kl", "kl",
+        keys = ("reward_mean", "reward_group_std", "zero_variance_groups", "prompts", "eval_reward", "approx_kl", "kl",
                 "clip_fraction", "grad_norm", "survivors")
         data = {"node": self.node_id, "iteration": done, "iterations": self.iterations, "text": text,
                 "seconds_per_iteration": per_iteration,

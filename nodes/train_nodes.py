@@ -226,6 +226,13 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 io.Int.Input("keep_last", default=3, min=0, max=100000, optional=True,
                              tooltip="Resumable checkpoints to keep under output/progrpo/<run_name> (older ones "
                              "are deleted once a newer one is complete); 0 keeps all."),
+                io.Int.Input("eval_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Every this many iterations, sample the held-out prompts (eval_prompts, else the "
+                             "training prompts) on fixed seeds and plot their mean reward on the curves and in the "
+                             "node's text; 0: off. Costs one rollout of eval_prompts x 4 samples each time."),
+                io.String.Input("eval_prompts", default="", multiline=True, optional=True,
+                                tooltip="With eval_every: held-out prompts, one per line (empty: the training "
+                                "prompts). Ignored when training on one CONDITIONING (positive)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -271,7 +278,7 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 gradient_checkpointing: bool = True, micro_batch_rows: int = 2,
                 max_batch_rows: int = 8, updates_per_rollout: int = 2, lora_targets: str = "attention",
                 custom_targets: str = "", guidance: float = 3.5, save_every: int = 0,
-                keep_last: int = 3) -> io.NodeOutput:
+                keep_last: int = 3, eval_every: int = 0, eval_prompts: str = "") -> io.NodeOutput:
         options = options_from(training_dtype, gradient_checkpointing, micro_batch_rows, max_batch_rows)
         output_dir = run_directory(run_name) if run_name else None  # empty: derived from the settings below
         if clip is not None and positive is not None:
@@ -325,6 +332,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
                 **identity_fields(model, reward, output_dir if resume else None),
                 prompts=prompts, prompts_per_iteration=prompts_per_iteration,
                 iterations=iterations, checkpoint_every=checkpoint_every, keep_last=keep_last, seed=int(seed),
+                eval_every=eval_every,
+                eval_prompts=prompt_lines(eval_prompts, "eval_prompts") if (eval_prompts or "").strip() else None,
                 negative_prompt=(negative_prompt if clip is not None and cfg != 1.0 else None),
                 output_dir=str(output_dir or "progrpo"),
                 rollout=RolloutConfig(

@@ -48,7 +48,8 @@ FORMAT_VERSION = 1
 #: fields a resume may change: bookkeeping, and the memory knobs (chunking changes float rounding only),
 #: so a run that ran out of memory resumes with a smaller micro-batch or rollout chunk.
 RESUME_FREE_FIELDS = frozenset(
-    {"iterations", "output_dir", "checkpoint_every", "keep_last", "max_bad_iterations", "rollout.measure_flops",
+    {"iterations", "output_dir", "checkpoint_every", "keep_last", "eval_every", "eval_prompts", "eval_samples",
+     "max_bad_iterations", "rollout.measure_flops",
      "rollout.keep_images", "rollout.max_batch_rows", "grpo.micro_batch_rows"}
 )
 

@@ -262,6 +262,10 @@ class TrainConfig:
         checkpoint_every: write a checkpoint every this many iterations (0: only at the end/on stop).
         keep_last: keep this many newest checkpoints, deleting older ones once a newer one is complete
             (0: keep all).
+        eval_every: every this many iterations, score ``eval_samples`` samples per held-out prompt on fixed
+            seeds (the training sampler, no pruning) and record their mean reward as ``eval_reward`` (0: never).
+        eval_prompts: the held-out prompts (None: the training prompts).
+        eval_samples: samples per held-out prompt.
         max_bad_iterations: an iteration with a NaN/inf reward, model output, advantage, loss or
             gradient norm is skipped (no optimiser step; ``skipped`` in its metrics line); this
             many skipped in a row stop the run with a checkpoint and an error naming the value.
@@ -284,6 +288,9 @@ class TrainConfig:
     output_dir: str = "progrpo_output"
     checkpoint_every: int = 10
     keep_last: int = 0
+    eval_every: int = 0
+    eval_prompts: list[str] | None = None
+    eval_samples: int = 4
     max_bad_iterations: int = 3
     seed: int = 0
     negative_prompt: str | None = ""
@@ -321,6 +328,18 @@ class TrainConfig:
             raise ProGRPOConfigError(
                 f"keep_last={self.keep_last!r} must be an integer >= 0 (checkpoints kept; 0 keeps all)."
             )
+        if not _is_int(self.eval_every) or self.eval_every < 0:
+            raise ProGRPOConfigError(f"eval_every={self.eval_every!r} must be an integer >= 0 (0: no held-out evaluation).")
+        if not _is_int(self.eval_samples) or self.eval_samples < 1:
+            raise ProGRPOConfigError(f"eval_samples={self.eval_samples!r} must be an integer >= 1.")
+        if self.eval_prompts is not None:
+            if isinstance(self.eval_prompts, str) or not self.eval_prompts or \
+                    not all(isinstance(p, str) and p.strip() for p in self.eval_prompts):
+                raise ProGRPOConfigError(
+                    f"eval_prompts={self.eval_prompts!r:.80} must be a non-empty list of prompts (or null: the "
+                    "training prompts)."
+                )
+            self.eval_prompts = list(self.eval_prompts)
         if not _is_int(self.max_bad_iterations) or self.max_bad_iterations < 1:
             raise ProGRPOConfigError(
                 f"max_bad_iterations={self.max_bad_iterations!r} must be an integer >= 1 (consecutive skipped "

@@ -281,6 +281,8 @@ class Trainer:
         self._stepped = False
         record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)
         record.update(self.bad_iterations.passed())
+        if self.config.eval_every and self.iteration % self.config.eval_every == 0:
+            record["eval_reward"] = self.held_out_reward()
         self.history.append(record)
         if distributed.is_main:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
@@ -385,6 +387,16 @@ class Trainer:
         weights = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with weights:
             return expand_and_prune_rollout(self.denoiser, conditioning, self.reward, config).final_rewards
+
+    def held_out_reward(self) -> float:
+        """Mean reward of ``eval_samples`` samples per held-out prompt (``eval_prompts``) on fixed seeds.
+
+        Runs under a forked RNG: whether and how often it runs does not change the training run.
+        """
+        with torch.random.fork_rng(devices=[]):
+            rewards = self.evaluate(self.config.eval_samples, seed=derive_seed(self.config.seed, "evaluation"),
+                                    prompts=self.config.eval_prompts)
+        return float(rewards.float().mean())
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -203,9 +203,9 @@ def prompt_unet_file() -> str:
 
 
 def test_live_view_shows_survivors_curve_and_eta_while_training(server):
-    """Every iteration: a new preview image (survivors + reward curve), a status text with the ETA, and the
-    numbers as a progrpo.progress message on /ws."""
-    prompt = _short_run("live_view", iterations=3, resume=False)
+    """Every iteration: a new preview image (survivors + reward curve), a status text with the ETA (and the
+    held-out reward, evaluated every iteration here), and the numbers as a progrpo.progress message on /ws."""
+    prompt = _short_run("live_view", iterations=3, resume=False, eval_every=1, eval_prompts="a green frog")
     socket = _Socket(server)
     try:
         prompt_id = socket.queue(server, prompt)
@@ -220,6 +220,7 @@ def test_live_view_shows_survivors_curve_and_eta_while_training(server):
     assert texts[-1].startswith("iteration 3/3")
     events = [m["data"] for m in socket.messages if m["type"] == "progrpo.progress"]
     assert [e["iteration"] for e in events] == [1, 2, 3] and all("reward_mean" in e for e in events), events
+    assert all(isinstance(e["eval_reward"], float) for e in events) and all("held-out" in t for t in texts), events
 
 
 def _short_run(run_name: str, **inputs) -> dict:

@@ -279,3 +279,17 @@ def test_curves_leave_out_quantities_that_never_move(tmp_path: Path):
 
     with Image.open(path) as image:  # reward + within-group std + grad norm: 3 panels of 330 px
         assert image.size == (990, 320)
+
+
+def test_held_out_evaluation_is_recorded_and_leaves_training_unchanged(tmp_path: Path):
+    """eval_every records eval_reward on held-out prompts; it runs under a forked RNG, so the weights the run
+    trains are bit-identical to a run without it."""
+    plain = Trainer(_config(tmp_path / "plain", iterations=4, checkpoint_every=0))
+    plain.run()
+    evaluated = Trainer(_config(tmp_path / "evaluated", iterations=4, checkpoint_every=0, eval_every=2,
+                                eval_prompts=["a green frog", "a red cat"], eval_samples=2))
+    result = evaluated.run()
+    assert [("eval_reward" in r) for r in result.history] == [False, True, False, True]
+    assert all(0.0 <= r["eval_reward"] <= 1.0 for r in result.history if "eval_reward" in r)
+    for mine, theirs in zip(evaluated.params, plain.params, strict=True):
+        assert torch.equal(mine, theirs)
