@@ -166,6 +166,16 @@ def checkpoint_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]
     return blocks
 
 
+def _out_of_place(forward: Any) -> Any:
+    """``forward`` inside :func:`.out_of_place.augmented_assignments_out_of_place`, also when the checkpoint
+    recomputes it during backward (on a GPU, autograd may run that on its own thread)."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with augmented_assignments_out_of_place():
+            return forward(*args, **kwargs)
+
+    return run
+
+
 @contextlib.contextmanager
 def checkpointed(blocks: list[torch.nn.Module]) -> Iterator[None]:
     """Inside the block, each block's forward is recomputed in backward (only when autograd records)."""
@@ -177,7 +187,8 @@ def checkpointed(blocks: list[torch.nn.Module]) -> Iterator[None]:
             def forward(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
                 if not torch.is_grad_enabled():
                     return _original(*args, **kwargs)
-                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                return torch.utils.checkpoint.checkpoint(_out_of_place(_original), *args, use_reentrant=False,
+                                                         **kwargs)
 
             block.forward = forward
             patched.append(block)

@@ -137,7 +137,7 @@ class LiveView:
         self.server.send_progress_text(text, self.node_id)
         keys = ("reward_mean", "reward_group_std", "zero_variance_groups", "prompts", "eval_reward", "approx_kl", "kl",
                 "clip_fraction", "grad_norm", "survivors")
-        data = {"node": self.node_id, "iteration": done, "iterations": self.iterations, "text": text,
+        data = {"node": self.node_id, "prompt_id": getattr(self.server, "last_prompt_id", None), "iteration": done, "iterations": self.iterations, "text": text,
                 "seconds_per_iteration": per_iteration,
                 "eta_seconds": max(0, self.iterations - done) * per_iteration,
                 **{key: record[key] for key in keys if key in record}}

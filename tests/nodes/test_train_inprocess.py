@@ -176,7 +176,10 @@ def test_interrupt_leaves_a_checkpoint_that_resumes_exactly(loaded, env):
     full = _train(model, vae, reward, positive, negative, run_name="full", iterations=3, checkpoint_every=0)[1]
 
     class Interrupting:
+        """The same reward (the run records its name), with Cancel pressed during iteration 2."""
+
         calls = 0
+        name = reward.name
 
         def score(self, images, prompts):
             Interrupting.calls += 1

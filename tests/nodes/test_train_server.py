@@ -150,19 +150,16 @@ def test_interrupt_stops_within_an_iteration_and_leaves_a_resumable_checkpoint(s
     socket = _Socket(server)
     try:
         prompt_id = socket.queue(server, prompt)
-        while True:
-            message = socket.until(prompt_id, {"progress", "execution_error", "execution_success"})
-            assert message["type"] == "progress", message
-            if message["data"].get("node") == "6" and message["data"]["value"] >= 1:
-                break
-        seen = message["data"]["value"]
+        # the Train Loop's per-iteration message: the first iteration is complete
+        message = socket.until(prompt_id, {"progrpo.progress", "execution_error", "execution_success"})
+        assert message["type"] == "progrpo.progress", message
+        seen = message["data"]["iteration"]
         _post(server, "/interrupt", {"prompt_id": prompt_id})
         stopped = socket.until(prompt_id, {"execution_interrupted", "execution_error", "execution_success"})
     finally:
         socket.close()
     assert stopped["type"] == "execution_interrupted", stopped
-    reached = max(m["data"]["value"] for m in socket.messages
-                  if m["type"] == "progress" and m["data"].get("node") == "6")
+    reached = max(m["data"]["iteration"] for m in socket.messages if m["type"] == "progrpo.progress")
     run = server.base / "output" / "progrpo" / "interrupted"
     latest = (run / "checkpoints" / "latest").read_text().strip()
     iteration = int(latest.removeprefix("iter_"))

@@ -90,9 +90,14 @@ async function queueAndWait(page, short, timeoutMs) {
   }, { timeoutMs }).then(async (outcome) => ({ ...outcome, shown: await shownImages(page) }));
 }
 
-// The images the page shows per node after a run (executed messages come before success: wait for them).
+// The images the page shows per node after a run (executed messages come before success, and the page
+// loads images lazily: wait until every node with image outputs shows one, at most 15 s).
 async function shownImages(page) {
   await page.waitForTimeout(1500);
+  await page.waitForFunction(() => window.app.graph.nodes.every((node) => {
+    const images = window.app.nodeOutputs?.[String(node.id)]?.images?.length || 0;
+    return !images || (node.imgs || []).some((img) => img.complete && img.naturalWidth > 0);
+  }), null, { timeout: 15000 }).catch(() => {});
   return page.evaluate(() => {
     const shown = {};
     for (const node of window.app.graph.nodes) {
