@@ -6,4 +6,7 @@ bash scripts/setup_venv.sh test
 bash scripts/install_comfyui.sh  # ComfyUI 0.3.75 for tests/nodes (first run: ~2 min, +4.9 GB; then instant)
 bash scripts/install_browser.sh  # Chromium + playwright-core for the graph-editor tests (first run: ~1 min)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+# One single-threaded worker per core (PROGRPO_TEST_WORKERS overrides); a test file stays in one worker, so its
+# module fixtures (a ComfyUI server, tiny models) are built once.
+workers=${PROGRPO_TEST_WORKERS:-$(nproc)}
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 -n "$workers" --dist loadfile "$@"
