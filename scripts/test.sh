@@ -8,5 +8,5 @@ bash scripts/install_browser.sh  # Chromium + playwright-core for the graph-edit
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # One single-threaded worker per core (PROGRPO_TEST_WORKERS overrides); a test file stays in one worker, so its
 # module fixtures (a ComfyUI server, tiny models) are built once.
-workers=${PROGRPO_TEST_WORKERS:-$(nproc)}
+workers=${PROGRPO_TEST_WORKERS:-$(getconf _NPROCESSORS_ONLN)}  # not nproc: it honours OMP_NUM_THREADS
 exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 -n "$workers" --dist loadfile "$@"
