@@ -151,6 +151,8 @@ async function queueAndWatch(page, short, timeoutMs, watchType, shotPrefix) {
     await page.waitForTimeout(200);
   }
   const state = await page.evaluate(() => window.__progrpoLive);
+  // the live shots zoomed in on one node; the canvas draws (and loads the images of) visible nodes only
+  await page.evaluate(async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); });
   const shown = await shownImages(page);
   // the finished Train Loop and the evaluation table, at full size
   for (const [match, label] of [['ProGRPOTrainLoop', 'train_loop'], ['Evaluation table', 'evaluation_table']]) {
