@@ -382,7 +382,7 @@ def _run(trainer: Trainer, run_name: str, resume_from: str | None, save_every: i
         return trainer.run(progress=progress, resume_from=resume_from)
     except BaseException as error:
         if isinstance(error, comfy.model_management.InterruptProcessingException):
-            trainer._checkpoint_on_interrupt()  # the last completed iteration, resumable
+            trainer.checkpoint_on_interrupt()  # the last completed iteration, resumable
         _save_checkpointed_lora(trainer, run_name)
         raise
 

@@ -10,7 +10,23 @@ class ProGRPOError(Exception):
 
 
 class ProGRPOConfigError(ProGRPOError, ValueError):
-    """A configuration or input value is invalid (the message names the input and the fix)."""
+    """A configuration or input value is invalid (the message names the input and the fix).
+
+    ``field`` is the dotted name of the config field at fault (``"rollout.group_size"``,
+    ``"grpo.clip_range"``, ``"iterations"``; None when no single field is), so a front end maps
+    it to its own input name instead of reading the message.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple:  # keep ``field`` across processes (pickle passes only ``args``)
+        return _config_error, (type(self), str(self), self.field)
+
+
+def _config_error(kind: type[ProGRPOConfigError], message: str, field: str | None) -> ProGRPOConfigError:
+    return kind(message, field=field)
 
 
 class ProGRPOTrainingError(ProGRPOError, RuntimeError):

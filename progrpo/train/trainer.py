@@ -538,7 +538,7 @@ class Trainer:
                     raise self.bad_iterations.stop_error(self.iteration - 1, folder)
         except KeyboardInterrupt:
             if saved_at != self.iteration:
-                self._checkpoint_on_interrupt()
+                self.checkpoint_on_interrupt()
             raise
         except ProGRPORewardError as error:
             raise reward_failure(error, self.iteration, self._checkpoint_after_fault(saved_at)) from error.__cause__
@@ -568,7 +568,7 @@ class Trainer:
             return self.output_dir / CHECKPOINTS_DIR / checkpoint_name(self.iteration)
         return self.save_checkpoint(wait_for_ranks=False)  # a failing rank may be alone
 
-    def _checkpoint_on_interrupt(self) -> None:
+    def checkpoint_on_interrupt(self) -> None:
         """On Ctrl-C mid-iteration: checkpoint the last completed iteration if the weights are still its."""
         if self._stepped:
             logger.warning(
