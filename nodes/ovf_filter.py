@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from progrpo.errors import ProGRPOConfigError
 from progrpo.ovf import optimal_variance_subset
+from progrpo.pruning import rows_of_positions
 
 from .input_checks import number_problem
 from .rewards import ScoresType
@@ -39,8 +40,7 @@ def kept_rows(scores: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
             "divisor of the batch (the batch is group-major: group 0's items first)."
         )
     groups = scores.float().reshape(count // group_size, group_size)
-    positions = optimal_variance_subset(groups, k)
-    return (positions + torch.arange(groups.shape[0]).unsqueeze(1) * group_size).reshape(-1)
+    return rows_of_positions(optimal_variance_subset(groups, k), group_size)
 
 
 class ProGRPOOVFFilter(io.ComfyNode):

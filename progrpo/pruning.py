@@ -119,6 +119,11 @@ SELECTIONS: dict[str, Selector] = {
 }
 
 
+def rows_of_positions(positions: torch.Tensor, group_width: int) -> torch.Tensor:
+    """Batch rows [P * k] holding ``positions`` [P, k] of P groups of ``group_width`` consecutive rows (group-major)."""
+    return (positions + torch.arange(positions.shape[0]).unsqueeze(1) * group_width).reshape(-1)
+
+
 def select(strategy: str, rewards: torch.Tensor, keep: int, generator: torch.Generator) -> torch.Tensor:
     """Positions [P, keep] (ascending) kept in each of the P groups of ``rewards`` [P, L]."""
     if strategy not in SELECTIONS:

@@ -27,11 +27,11 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from .denoisers.base import Conditioning, Denoiser, guidance_branches
-from .dynamics import get_dynamics, policy_step, predicted_x0_and_eps
+from .dynamics import StepOutput, get_dynamics, policy_step, predicted_x0_and_eps
 from .errors import ProGRPOConfigError
 from .ledger import ComputeLedger
 from .log import logger
-from .pruning import SELECTIONS, PruneSchedule, select
+from .pruning import SELECTIONS, PruneSchedule, rows_of_positions, select
 from .schedule import Schedule
 
 ProgressCallback = Callable[[int, int], None]
@@ -323,6 +323,170 @@ class _NetworkCalls:
         return predicted_x0_and_eps(output.float(), sample.float(), coeffs)[0]
 
 
+@dataclass
+class _LiveRows:
+    """The trajectories still sampled, row-aligned: trajectory ids [L], the state before each step and
+    after the last one ([L, C, H, W] each), log-probs per step ([L] each) and conditioning (L rows)."""
+
+    ids: torch.Tensor
+    history: list[torch.Tensor]
+    log_probs: list[torch.Tensor]
+    conditioning: Conditioning
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.shape[0])
+
+    def keep(self, rows: torch.Tensor) -> torch.Tensor:
+        """Keep only the rows ``rows`` (LongTensor [k], ascending) of everything; returns the dropped ids."""
+        dropped = torch.ones(self.count, dtype=torch.bool)
+        dropped[rows] = False
+        dropped_ids = self.ids[dropped]
+        rows_on_device = rows.to(self.history[-1].device)
+        self.ids = self.ids[rows]
+        self.history = [latents[rows_on_device] for latents in self.history]
+        self.log_probs = [values[rows_on_device] for values in self.log_probs]
+        self.conditioning = self.conditioning.take(rows)
+        return dropped_ids
+
+
+def _checked_shard(shard: RowShard | None, num_prompts: int) -> RowShard:
+    shard = RowShard(0, num_prompts) if shard is None else shard
+    if shard.prompt_offset + num_prompts > shard.total_prompts:
+        raise ProGRPOConfigError(
+            f"shard {shard} cannot hold {num_prompts} prompts; prompt_offset + prompts must be <= total_prompts."
+        )
+    return shard
+
+
+class _ExpandAndPrune:
+    """One rollout between its steps; :func:`expand_and_prune_rollout` drives it (``step``, ``prune``, ``finish``)."""
+
+    def __init__(self, denoiser: Denoiser, conditioning: Conditioning, reward: RewardFunction | Callable,
+                 config: RolloutConfig, shard: RowShard | None) -> None:
+        self.denoiser, self.conditioning, self.reward, self.config = denoiser, conditioning, reward, config
+        self.device = _conditioning_device(conditioning)
+        self.num_prompts, group_size = conditioning.num_rows, config.group_size
+        total = self.num_prompts * group_size
+        channels, height, width = denoiser.latent_shape(config.height, config.width)
+        self.schedule = denoiser.schedule(config.num_steps, (channels, height, width))
+        dynamics = get_dynamics(config.dynamics, self.schedule.kind)
+        self.noise_levels = config.step_noise_levels(dynamics.default_noise_level)
+        self.ledger = ComputeLedger(measure_flops=config.measure_flops)
+        self.branches = guidance_branches(config.guidance_scale, conditioning)
+        self.checkpoints = config.prune_schedule.checkpoints if config.prune_schedule is not None else ()
+        self.checkpoint_slot = {step: slot for slot, (step, _) in enumerate(self.checkpoints)}
+        self.noise_generator = torch.Generator().manual_seed(config.seed)
+        self.selection_generator = torch.Generator().manual_seed(config.seed + 1)  # own stream: noise never depends on it
+        self.shard = _checked_shard(shard, self.num_prompts)
+        # noise of every group of the global batch, this shard's rows kept (see RowShard)
+        self.noise_shape = (self.shard.total_prompts * group_size, channels, height, width)
+        start = self.shard.prompt_offset * group_size
+        self.own_rows = slice(start, start + total)
+        self.prompt_of = torch.arange(self.num_prompts).repeat_interleave(group_size)
+        initial = _initial_noise(config, self.noise_shape, group_size, self.noise_generator)[self.own_rows]
+        self.live = _LiveRows(torch.arange(total), [initial.to(self.device)], [], conditioning.take(self.prompt_of))
+        self.step_std = torch.zeros(config.num_steps)
+        self.preview_rewards = torch.full((len(self.checkpoints), total), float("nan"))
+        self.pruned_at = torch.full((total,), -1, dtype=torch.long)
+        self.std_before = torch.zeros(len(self.checkpoints))
+        self.std_after = torch.zeros(len(self.checkpoints))
+        self.network = _NetworkCalls(denoiser, self.schedule, config, self.ledger, self.branches, self.device)
+        self.cached_output: torch.Tensor | None = None  # step's network output at the last state, from a "current" preview
+
+    def step(self, step: int) -> StepOutput:
+        """Advance every live row by step ``step`` (its noise is drawn for all rows of the global batch)."""
+        live, config = self.live, self.config
+        step_noise = torch.randn(self.noise_shape, generator=self.noise_generator)[self.own_rows].to(self.device)
+        step_noise = step_noise[live.ids]
+        output = self.cached_output
+        if output is None:
+            output = self.network.predict(live.history[-1], step, live.conditioning)
+        with self.ledger.count_flops("sampling"):
+            coefficients = self.schedule.coefficients(torch.full((live.count,), step), self.device)
+            result = policy_step(config.dynamics, output, live.history[-1], coefficients,
+                                 float(self.noise_levels[step]), noise=step_noise)
+        self.cached_output = None
+        self.ledger.trajectory_steps += live.count
+        self.step_std[step] = float(result.std[0])
+        live.history.append(result.next_sample)
+        live.log_probs.append(result.log_prob)
+        return result
+
+    def _preview_rewards(self, checkpoint: int, result: StepOutput) -> torch.Tensor:
+        """Training-reward scores [L] of the live rows' clean-sample previews at ``checkpoint`` (module doc)."""
+        live, ledger = self.live, self.ledger
+        if self.config.preview == "current":  # the paper: x0 predicted at x_c by step c's call
+            self.cached_output = self.network.predict(live.history[-1], checkpoint, live.conditioning)
+            clean = self.network.clean_sample(self.cached_output, live.history[-1], checkpoint)
+        else:  # stale: the x0 of the call just made at x_(c-1)
+            clean = result.x0_pred
+        with ledger.count_flops("decode"):
+            previews = decode_rows(self.denoiser, clean, self.config.max_batch_rows)
+        with ledger.count_flops("reward"):
+            proxy = _score(self.reward, previews, live.conditioning.prompts)
+        ledger.preview_decodes += live.count
+        ledger.reward_calls += live.count
+        return proxy
+
+    def _choose(self, scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``scores`` [L] as groups [P, L/P], the kept positions [P, keep] and their live rows [P * keep]."""
+        per_group = scores.reshape(self.num_prompts, -1)
+        positions = _select_in_shard(self.config.selection, per_group, keep, self.selection_generator, self.shard)
+        return per_group, positions, rows_of_positions(positions, per_group.shape[1])
+
+    def prune(self, slot: int, result: StepOutput) -> None:
+        """Checkpoint ``slot``: score previews, keep the selection's rows, stop the others."""
+        checkpoint, keep = self.checkpoints[slot]
+        proxy = self._preview_rewards(checkpoint, result)
+        self.preview_rewards[slot, self.live.ids] = proxy
+        per_group, positions, rows = self._choose(proxy, keep)
+        self.std_before[slot] = per_group.std(dim=1, unbiased=False).mean()
+        self.std_after[slot] = per_group.gather(1, positions).std(dim=1, unbiased=False).mean()
+        dropped = self.live.keep(rows)
+        self.pruned_at[dropped] = checkpoint
+        if self.cached_output is not None:  # survivors reuse the call; the pruned rows' evaluation was extra
+            self.cached_output = self.cached_output[rows.to(self.device)]
+            self.ledger.preview_evaluations += int(dropped.shape[0]) * self.branches
+        logger.debug("checkpoint %d: kept %d of %d per prompt", checkpoint, positions.shape[1], per_group.shape[1])
+
+    def finish(self) -> Rollout:
+        """Decode and score the survivors, apply a static ``final_keep``, and return the record."""
+        live, ledger, config = self.live, self.ledger, self.config
+        with ledger.count_flops("decode"):
+            images = decode_rows(self.denoiser, live.history[-1], config.max_batch_rows)
+        with ledger.count_flops("reward"):
+            final_rewards = _score(self.reward, images, live.conditioning.prompts)
+        ledger.final_decodes += live.count
+        ledger.reward_calls += live.count
+        if config.final_keep is not None:  # static OVF: select on the true final rewards, after sampling
+            rows = self._choose(final_rewards, config.final_keep)[2]
+            self.pruned_at[live.keep(rows)] = config.num_steps
+            final_rewards, images = final_rewards[rows], images[rows.to(self.device)]
+        return self._record(final_rewards, images)
+
+    def _record(self, final_rewards: torch.Tensor, images: torch.Tensor) -> Rollout:
+        return Rollout(
+            latents=torch.stack(self.live.history, dim=1),
+            log_probs=torch.stack(self.live.log_probs, dim=1),
+            step_std=self.step_std,
+            noise_levels=self.noise_levels,
+            schedule=self.schedule,
+            prompt_index=self.prompt_of[self.live.ids],
+            trajectory_index=self.live.ids,
+            final_rewards=final_rewards,
+            preview_rewards=self.preview_rewards,
+            checkpoint_steps=tuple(step for step, _ in self.checkpoints),
+            pruned_at=self.pruned_at,
+            group_std_before=self.std_before,
+            group_std_after=self.std_after,
+            images=images.cpu() if self.config.keep_images else None,
+            conditioning=self.conditioning,
+            config=self.config,
+            ledger=self.ledger,
+        )
+
+
 @torch.no_grad()
 def expand_and_prune_rollout(
     denoiser: Denoiser,
@@ -347,125 +511,12 @@ def expand_and_prune_rollout(
     Returns:
         the :class:`Rollout` record of the survivors.
     """
-    device = _conditioning_device(conditioning)
-    num_prompts, group_size, num_steps = conditioning.num_rows, config.group_size, config.num_steps
-    total = num_prompts * group_size
-    channels, height, width = denoiser.latent_shape(config.height, config.width)
-    schedule = denoiser.schedule(num_steps, (channels, height, width))
-    dynamics = get_dynamics(config.dynamics, schedule.kind)
-    noise_levels = config.step_noise_levels(dynamics.default_noise_level)
-    ledger = ComputeLedger(measure_flops=config.measure_flops)
-    branches = guidance_branches(config.guidance_scale, conditioning)
-    checkpoints = config.prune_schedule.checkpoints if config.prune_schedule is not None else ()
-    checkpoint_slot = {step: slot for slot, (step, _) in enumerate(checkpoints)}
-
-    noise_generator = torch.Generator().manual_seed(config.seed)
-    selection_generator = torch.Generator().manual_seed(config.seed + 1)  # own stream: noise never depends on it
-    shard = RowShard(0, num_prompts) if shard is None else shard
-    if shard.prompt_offset + num_prompts > shard.total_prompts:
-        raise ProGRPOConfigError(
-            f"shard {shard} cannot hold {num_prompts} prompts; prompt_offset + prompts must be <= total_prompts."
-        )
-    # noise of every group of the global batch, this shard's rows kept (see RowShard)
-    noise_shape = (shard.total_prompts * group_size, channels, height, width)
-    own_rows = slice(shard.prompt_offset * group_size, shard.prompt_offset * group_size + total)
-    prompt_of = torch.arange(num_prompts).repeat_interleave(group_size)
-    live = torch.arange(total)
-    history = [_initial_noise(config, noise_shape, group_size, noise_generator)[own_rows].to(device)]
-    log_probs: list[torch.Tensor] = []
-    step_std = torch.zeros(num_steps)
-    preview_rewards = torch.full((len(checkpoints), total), float("nan"))
-    pruned_at = torch.full((total,), -1, dtype=torch.long)
-    std_before = torch.zeros(len(checkpoints))
-    std_after = torch.zeros(len(checkpoints))
-    live_conditioning = conditioning.take(prompt_of)
-    network = _NetworkCalls(denoiser, schedule, config, ledger, branches, device)
-    cached_output: torch.Tensor | None = None  # step's network output at history[-1], from a "current" preview
-
-    for step in range(num_steps):
-        step_noise = torch.randn(noise_shape, generator=noise_generator)[own_rows].to(device)[live]
-        rows = live.shape[0]
-        output = network.predict(history[-1], step, live_conditioning) if cached_output is None else cached_output
-        with ledger.count_flops("sampling"):
-            result = policy_step(
-                config.dynamics, output, history[-1], schedule.coefficients(torch.full((rows,), step), device),
-                float(noise_levels[step]), noise=step_noise,
-            )
-        cached_output = None
-        ledger.trajectory_steps += rows
-        step_std[step] = float(result.std[0])
-        history.append(result.next_sample)
-        log_probs.append(result.log_prob)
-
-        slot = checkpoint_slot.get(step + 1)
+    rollout = _ExpandAndPrune(denoiser, conditioning, reward, config, shard)
+    for step in range(config.num_steps):
+        result = rollout.step(step)
+        slot = rollout.checkpoint_slot.get(step + 1)
         if slot is not None:
-            keep = checkpoints[slot][1]
-            if config.preview == "current":  # the paper: x0 predicted at x_c by step c's call
-                cached_output = network.predict(history[-1], step + 1, live_conditioning)
-                clean = network.clean_sample(cached_output, history[-1], step + 1)
-            else:  # stale: the x0 of the call just made at x_(c-1)
-                clean = result.x0_pred
-            with ledger.count_flops("decode"):
-                previews = decode_rows(denoiser, clean, config.max_batch_rows)
-            with ledger.count_flops("reward"):
-                proxy = _score(reward, previews, live_conditioning.prompts)
-            ledger.preview_decodes += rows
-            ledger.reward_calls += rows
-            preview_rewards[slot, live] = proxy
-            per_group = proxy.reshape(num_prompts, rows // num_prompts)
-            positions = _select_in_shard(config.selection, per_group, keep, selection_generator, shard)
-            kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
-            std_before[slot] = per_group.std(dim=1, unbiased=False).mean()
-            std_after[slot] = per_group.gather(1, positions).std(dim=1, unbiased=False).mean()
-            dropped = torch.ones(rows, dtype=torch.bool)
-            dropped[kept] = False
-            pruned_at[live[dropped]] = step + 1
-            live = live[kept]
-            kept_device = kept.to(device)
-            history = [latents[kept_device] for latents in history]
-            log_probs = [values[kept_device] for values in log_probs]
-            live_conditioning = live_conditioning.take(kept)
-            if cached_output is not None:  # survivors reuse the call; the pruned rows' evaluation was extra
-                cached_output = cached_output[kept_device]
-                ledger.preview_evaluations += int(dropped.sum()) * branches
-            logger.debug("checkpoint %d: kept %d of %d per prompt", step + 1, positions.shape[1], per_group.shape[1])
+            rollout.prune(slot, result)
         if progress is not None:
-            progress(step + 1, num_steps)
-
-    with ledger.count_flops("decode"):
-        images = decode_rows(denoiser, history[-1], config.max_batch_rows)
-    with ledger.count_flops("reward"):
-        final_rewards = _score(reward, images, live_conditioning.prompts)
-    ledger.final_decodes += live.shape[0]
-    ledger.reward_calls += live.shape[0]
-    if config.final_keep is not None:  # static OVF: select on the true final rewards, after sampling
-        per_group = final_rewards.reshape(num_prompts, -1)
-        positions = _select_in_shard(config.selection, per_group, config.final_keep, selection_generator, shard)
-        kept = (positions + torch.arange(num_prompts).unsqueeze(1) * per_group.shape[1]).reshape(-1)
-        dropped = torch.ones(live.shape[0], dtype=torch.bool)
-        dropped[kept] = False
-        pruned_at[live[dropped]] = num_steps
-        kept_device = kept.to(device)
-        live, final_rewards, images = live[kept], final_rewards[kept], images[kept_device]
-        history = [latents[kept_device] for latents in history]
-        log_probs = [values[kept_device] for values in log_probs]
-        live_conditioning = live_conditioning.take(kept)
-    return Rollout(
-        latents=torch.stack(history, dim=1),
-        log_probs=torch.stack(log_probs, dim=1),
-        step_std=step_std,
-        noise_levels=noise_levels,
-        schedule=schedule,
-        prompt_index=prompt_of[live],
-        trajectory_index=live,
-        final_rewards=final_rewards,
-        preview_rewards=preview_rewards,
-        checkpoint_steps=tuple(step for step, _ in checkpoints),
-        pruned_at=pruned_at,
-        group_std_before=std_before,
-        group_std_after=std_after,
-        images=images.cpu() if config.keep_images else None,
-        conditioning=conditioning,
-        config=config,
-        ledger=ledger,
-    )
+            progress(step + 1, config.num_steps)
+    return rollout.finish()
