@@ -35,8 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,9 @@ import comfy.utils
 import torch
 from comfy.weight_adapter.lora import LoraDiff
 
+from progrpo.atomic import atomic_save_safetensors, folder_atomically
 from progrpo.errors import ProGRPOConfigError
+from progrpo.lora import run_metadata
 
 #: module-path suffixes trained when none are given: the attention projections of UNets (SD1.x/SDXL),
 #: MMDiT (SD3) and Flux double blocks. The nodes pass the MODEL family's preset instead
@@ -337,17 +337,9 @@ class ComfyLoraAdapter:
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with folder_atomically(folder) as temp:
             save_file(self.state_dict(), str(temp / WEIGHTS_FILE))
             (temp / SETTINGS_FILE).write_text(json.dumps(self.settings()), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(temp, folder)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
         return folder
 
     def load(self, folder: str | os.PathLike[str]) -> None:
@@ -363,19 +355,5 @@ class ComfyLoraAdapter:
         self.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
 
     def export(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write the LoRA file (kohya keys + alpha; ``metadata`` as JSON strings) atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"progrpo": "1", "rank": str(self.rank), "alpha": str(self.alpha)}
-        for name, value in (metadata or {}).items():
-            meta[f"progrpo_{name}"] = value if isinstance(value, str) else json.dumps(value, default=str)
-        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(self.state_dict(), str(temp), metadata=meta)
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        return path
+        """Write the LoRA file (kohya keys + alpha; ``metadata`` as :func:`~progrpo.lora.metadata.run_metadata`) atomically."""
+        return atomic_save_safetensors(self.state_dict(), path, run_metadata(self.rank, self.alpha, metadata or {}))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from progrpo.atomic import atomic_save_safetensors
 from progrpo.dynamics import get_dynamics
 from progrpo.errors import ProGRPOConfigError
-from progrpo.lora import LoraSettings
+from progrpo.lora import LoraSettings, run_metadata
 from progrpo.pruning import SELECTIONS, PruneSchedule
 from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
@@ -423,12 +423,7 @@ def _resumed_targets(run_dir: Path | None, model: Any, targets: tuple[str, ...])
 
 
 def _metadata(run: dict[str, Any], adapter: ComfyLoraAdapter) -> dict[str, str]:
-    import json
-
-    meta = {"progrpo": "1", "rank": str(adapter.rank), "alpha": str(adapter.alpha)}
-    for name, value in run.items():
-        meta[f"progrpo_{name}"] = value if isinstance(value, str) else json.dumps(value, default=str)
-    return meta
+    return run_metadata(adapter.rank, adapter.alpha, run)
 
 
 def _input_named_in(message: str) -> str:
@@ -444,20 +439,11 @@ def _input_named_in(message: str) -> str:
 def write_lora_file(stem: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None,
                     input_name: str = "name") -> Path:
     """Write ``<stem>.safetensors`` into ComfyUI's loras folder atomically (the stock loader lists it at once)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder_paths.get_folder_paths("loras")[0])
     folder.mkdir(parents=True, exist_ok=True)
     path = resolve_inside(folder, f"{stem}.safetensors", input_name, must_exist=False)
-    temp = folder / f".{stem}.safetensors.tmp-{os.getpid()}"
-    try:
-        save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, str(temp),
-                  metadata=dict(metadata or {"progrpo": "1"}))
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_safetensors({key: value.detach().contiguous().cpu() for key, value in tensors.items()}, path,
+                                   metadata or {"progrpo": "1"})
 
 
 class ProGRPOSaveLoRA(io.ComfyNode):

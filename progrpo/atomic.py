@@ -6,10 +6,17 @@ crash or a full disk mid-write leaves the previous version intact.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fsync_path(path: Path) -> None:
@@ -26,22 +33,69 @@ def fsync_path(path: Path) -> None:
         os.close(handle)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file next to ``path``, fsync it and rename it over ``path``."""
+def _fsync_file(path: Path) -> None:
+    """fsync a written file; unlike :func:`fsync_path` a failure raises (a full disk can surface only here)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+@contextlib.contextmanager
+def write_atomically(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path next to ``path`` to write; on success it is fsynced and renamed over ``path``.
+
+    On any error the temp file is deleted and ``path`` keeps its previous content (or stays absent).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # created like an ordinary file (mode from the umask), exclusively: two writers never share a temp
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        yield temp
+        _fsync_file(temp)
+        os.replace(temp, path)  # atomic on one filesystem: readers never see a partial file
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to a temp file next to ``path``, fsync it and rename it over ``path``."""
+    with write_atomically(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """``safetensors.torch.save_file`` through :func:`write_atomically`; returns ``path``."""
+    from safetensors.torch import save_file
+
+    with write_atomically(path) as temp:
+        save_file(dict(tensors), str(temp), metadata=None if metadata is None else dict(metadata))
+    return Path(path)
+
+
+@contextlib.contextmanager
+def folder_atomically(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp folder next to ``folder`` to fill; on success it replaces ``folder`` (:func:`replace_folder`).
+
+    On any error the temp folder is deleted and ``folder`` keeps its previous content.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield temp
+        replace_folder(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
 
 
 def replace_folder(temp: Path, folder: Path) -> None:

@@ -33,6 +33,7 @@ from .inject import (
     lora_module_names,
     lora_state_dict,
 )
+from .metadata import encode_metadata, run_metadata
 from .peft_format import load_peft_adapter, read_peft_settings, save_peft_adapter
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "add_lora",
     "apply_comfyui_lora",
     "available_linear_names",
+    "encode_metadata",
     "export_comfyui_lora",
     "find_target_modules",
     "has_adapter",
@@ -58,5 +60,6 @@ __all__ = [
     "network_class_name",
     "read_lora_metadata",
     "read_peft_settings",
+    "run_metadata",
     "save_peft_adapter",
 ]

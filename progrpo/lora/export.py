@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_save_safetensors
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from .config import LoraSettings, network_class_name
 from .inject import DEFAULT_ADAPTER, SUPPORTED_LAYERS, _require_adapter, lora_state_dict
+from .metadata import encode_metadata
 
 
 @dataclass(frozen=True)
@@ -84,25 +85,6 @@ RESERVED_METADATA = (
 )
 
 
-def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
-    """safetensors metadata is str -> str: strings pass through, anything else is JSON."""
-    encoded = {}
-    for key, value in metadata.items():
-        if not isinstance(key, str):
-            raise ProGRPOConfigError(f"LoRA metadata key {key!r} is not a string; use string keys.")
-        if isinstance(value, str):
-            encoded[key] = value
-            continue
-        try:
-            encoded[key] = json.dumps(value, sort_keys=True)
-        except (TypeError, ValueError) as error:
-            raise ProGRPOConfigError(
-                f"LoRA metadata[{key!r}] = {value!r} is not JSON-serialisable ({error}); "
-                f"pass numbers, strings, lists or dicts."
-            ) from error
-    return encoded
-
-
 def _build_metadata(
     network: torch.nn.Module, settings: LoraSettings, key_format: str, targets: tuple[str, ...], extra: dict[str, Any]
 ) -> dict[str, str]:
@@ -128,22 +110,7 @@ def _build_metadata(
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": alpha_text,
     }
-    return {"base_model": default_base, **_encode_metadata(extra), **owned}
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to a temp file next to ``path`` and rename it over ``path``."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=metadata)
-        os.replace(temp_name, path)  # atomic on one filesystem: readers never see a partial file
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    return {"base_model": default_base, **encode_metadata(extra), **owned}
 
 
 def export_comfyui_lora(
@@ -202,7 +169,7 @@ def export_comfyui_lora(
         tensors[stem + rule.alpha] = alpha.clone()
     targets = tuple(sorted(peft_config.target_modules)) if settings.target_modules is None else settings.target_modules
     file_metadata = _build_metadata(network, settings, key_format, targets, dict(metadata or {}))
-    _atomic_save(tensors, path, file_metadata)
+    atomic_save_safetensors(tensors, path, file_metadata)
     logger.info("exported %d LoRA modules (%s keys) to %s", len(tensors) // 3, key_format, path)
     return path
 

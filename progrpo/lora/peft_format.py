@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..atomic import replace_folder
+from ..atomic import folder_atomically
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from .config import LoraSettings, network_class_name
@@ -49,17 +47,11 @@ def save_peft_adapter(
 
     _require_adapter(network, adapter_name)
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    state = lora_state_dict(network, adapter_name)
+    tensors = {PEFT_PREFIX + key: value.contiguous().cpu() for key, value in state.items()}
+    with folder_atomically(folder) as temp:
         network.peft_config[adapter_name].save_pretrained(str(temp))
-        state = lora_state_dict(network, adapter_name)
-        tensors = {PEFT_PREFIX + key: value.contiguous().cpu() for key, value in state.items()}
         save_file(tensors, str(temp / WEIGHTS_NAME), metadata={"format": "pt"})
-        replace_folder(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     logger.info("saved peft adapter %r (%d tensors) to %s", adapter_name, len(tensors), folder)
     return folder
 

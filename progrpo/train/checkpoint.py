@@ -22,7 +22,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_text, fsync_path, replace_folder
+from ..atomic import atomic_write_text, folder_atomically, fsync_path
 from ..errors import ProGRPOCheckpointError, ProGRPOConfigError
 from ..log import logger
 from ..lora import load_peft_adapter, save_peft_adapter
@@ -154,8 +153,7 @@ def _write_checkpoint(root: Path, network: torch.nn.Module | Any, state: Trainin
 
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(state.iteration)
-    temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
+    with folder_atomically(root / name) as temp:
         if isinstance(network, torch.nn.Module):
             save_peft_adapter(network, temp / LORA_DIR)
         else:
@@ -181,10 +179,6 @@ def _write_checkpoint(root: Path, network: torch.nn.Module | Any, state: Trainin
         for path in sorted(temp.rglob("*"), reverse=True):
             fsync_path(path)
         fsync_path(temp)
-        replace_folder(temp, root / name)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     fsync_path(root)
     atomic_write_text(root / LATEST_FILE, name + "\n")
     logger.info("checkpoint %s written", root / name)

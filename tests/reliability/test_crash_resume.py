@@ -100,15 +100,18 @@ def _arm_self_kill(stage: str, nth: int) -> None:
 
         ck.torch.save = save_state
     elif stage == "rename":  # complete temp folder, not yet renamed into place
-        real_replace = ck.replace_folder
+        import progrpo.atomic
+
+        real_replace = progrpo.atomic.replace_folder
 
         def replace(temp, folder):
-            calls["n"] += 1
-            if calls["n"] == nth:
-                die()
+            if folder.parent.name == "checkpoints":  # the checkpoint folder, not the LoRA folder inside it
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    die()
             real_replace(temp, folder)
 
-        ck.replace_folder = replace
+        progrpo.atomic.replace_folder = replace
     elif stage == "latest":  # folder in place, ``latest`` temp file written but not renamed
         real_latest = ck.atomic_write_text
 

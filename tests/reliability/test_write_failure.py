@@ -70,7 +70,7 @@ def test_disk_full_while_writing_the_state(tmp_path: Path, monkeypatch):
 
 
 def test_disk_full_while_replacing_latest(tmp_path: Path, monkeypatch):
-    real_fsync, real_replace = os.fsync, checkpoint_module.replace_folder
+    real_fsync, real_replace = os.fsync, progrpo.atomic.replace_folder
     armed = []
 
     def replace_then_arm(temp: Path, folder: Path) -> None:
@@ -83,7 +83,7 @@ def test_disk_full_while_replacing_latest(tmp_path: Path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint_module, "replace_folder", replace_then_arm)
+    monkeypatch.setattr(progrpo.atomic, "replace_folder", replace_then_arm)
     monkeypatch.setattr(progrpo.atomic.os, "fsync", full_disk_fsync)
     error, before = _run_until_the_third_checkpoint_fails(tmp_path, lambda: None)
     monkeypatch.setattr(progrpo.atomic.os, "fsync", real_fsync)
