@@ -208,7 +208,7 @@ class ComfyLoraAdapter:
     def __init__(self, model: Any, rank: int = 4, alpha: float = 4.0, targets: Sequence[str] | None = None,
                  seed: int = 0) -> None:
         if int(rank) < 1:
-            raise ProGRPOConfigError(f"rank={rank} must be >= 1.")
+            raise ProGRPOConfigError(f"rank={rank} must be >= 1.", field="lora.rank")
         self.rank, self.alpha = int(rank), float(alpha)
         self.targets = tuple(targets or DEFAULT_TARGETS)
         self.base = model
@@ -238,7 +238,8 @@ class ComfyLoraAdapter:
             raise ProGRPOConfigError(
                 f"lora_targets: {list(self.targets)} match no Linear layer of this MODEL's diffusion model; pick "
                 "a preset (chosen for the model's family) or list module-path suffixes of its Linear layers in "
-                "custom_targets ('*' trains every Linear layer)."
+                "custom_targets ('*' trains every Linear layer).",
+                field="lora.target_modules",
             )
         self.key_names = kohya_key_names(self.patcher.model, trained)
 
@@ -355,5 +356,5 @@ class ComfyLoraAdapter:
         self.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
 
     def export(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write the LoRA file (kohya keys + alpha; ``metadata`` as :func:`~progrpo.lora.metadata.run_metadata`) atomically."""
+        """Write the LoRA file atomically: kohya keys + alpha, metadata by :func:`progrpo.lora.run_metadata`."""
         return atomic_save_safetensors(self.state_dict(), path, run_metadata(self.rank, self.alpha, metadata or {}))

@@ -16,6 +16,8 @@ import torch
 from .errors import ProGRPOConfigError
 from .ovf import optimal_variance_subset
 
+_FIELD = "rollout.prune_schedule"  # the TrainConfig field every schedule error is about
+
 
 @dataclass(frozen=True)
 class PruneSchedule:
@@ -31,17 +33,18 @@ class PruneSchedule:
         object.__setattr__(self, "checkpoints", pairs)
         if not pairs:
             raise ProGRPOConfigError(
-                "prune_schedule has no checkpoints; give at least one 'step:keep' pair, or no schedule."
+                "prune_schedule has no checkpoints; give at least one 'step:keep' pair, or no schedule.", field=_FIELD
             )
         steps = [step for step, _ in pairs]
         keeps = [keep for _, keep in pairs]
         if any(b <= a for a, b in zip(steps, steps[1:])):
-            raise ProGRPOConfigError(f"prune_schedule steps {steps} must be strictly increasing.")
+            raise ProGRPOConfigError(f"prune_schedule steps {steps} must be strictly increasing.", field=_FIELD)
         if any(b >= a for a, b in zip(keeps, keeps[1:])):
-            raise ProGRPOConfigError(f"prune_schedule keep counts {keeps} must strictly shrink.")
+            raise ProGRPOConfigError(f"prune_schedule keep counts {keeps} must strictly shrink.", field=_FIELD)
         if min(keeps) < 2:
             raise ProGRPOConfigError(
-                f"prune_schedule keeps {keeps}: every checkpoint must keep at least 2 trajectories per prompt."
+                f"prune_schedule keeps {keeps}: every checkpoint must keep at least 2 trajectories per prompt.",
+                field=_FIELD,
             )
 
     @classmethod
@@ -53,7 +56,7 @@ class PruneSchedule:
                 raise ValueError
         except ValueError:
             raise ProGRPOConfigError(
-                f"prune_schedule {text!r} is not a list of step:keep pairs; write e.g. '5:24, 7:12'."
+                f"prune_schedule {text!r} is not a list of step:keep pairs; write e.g. '5:24, 7:12'.", field=_FIELD
             ) from None
         return cls(tuple(pairs))  # type: ignore[arg-type]
 
@@ -70,13 +73,13 @@ class PruneSchedule:
         if first_keep >= group_size:
             raise ProGRPOConfigError(
                 f"prune_schedule keeps {first_keep} at step {self.checkpoints[0][0]} but the group has only "
-                f"{group_size} trajectories; keep fewer than group_size or raise group_size."
+                f"{group_size} trajectories; keep fewer than group_size or raise group_size.", field=_FIELD
             )
         for step, _ in self.checkpoints:
             if not 1 <= step <= num_steps - 1:
                 raise ProGRPOConfigError(
                     f"prune_schedule step {step} is outside 1..{num_steps - 1} for a {num_steps}-step run; "
-                    "prune after at least one step and before the last."
+                    "prune after at least one step and before the last.", field=_FIELD
                 )
 
     def keep_at(self, step: int) -> int | None:
@@ -127,7 +130,8 @@ def rows_of_positions(positions: torch.Tensor, group_width: int) -> torch.Tensor
 def select(strategy: str, rewards: torch.Tensor, keep: int, generator: torch.Generator) -> torch.Tensor:
     """Positions [P, keep] (ascending) kept in each of the P groups of ``rewards`` [P, L]."""
     if strategy not in SELECTIONS:
-        raise ProGRPOConfigError(f"selection {strategy!r} is unknown; use one of {sorted(SELECTIONS)}.")
+        raise ProGRPOConfigError(f"selection {strategy!r} is unknown; use one of {sorted(SELECTIONS)}.",
+                                 field="rollout.selection")
     if not bool(torch.isfinite(rewards).all()):
         raise ProGRPOConfigError(
             "preview rewards contain NaN or inf; check the reward function (it must return finite scores)."

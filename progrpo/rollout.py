@@ -103,16 +103,27 @@ class RolloutConfig:
         for name in ("group_size", "num_steps", "height", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ProGRPOConfigError(f"{name}={value!r} must be a positive integer.")
+                raise ProGRPOConfigError(f"{name}={value!r} must be a positive integer.", field=f"rollout.{name}")
         if self.group_size < 2:
             raise ProGRPOConfigError(
-                f"group_size={self.group_size}: GRPO needs at least 2 trajectories per prompt."
+                f"group_size={self.group_size}: GRPO needs at least 2 trajectories per prompt.",
+                field="rollout.group_size",
             )
-        get_dynamics(self.dynamics)
+        try:
+            get_dynamics(self.dynamics)
+        except ProGRPOConfigError as error:
+            raise ProGRPOConfigError(str(error), field="rollout.dynamics") from None
         if self.noise_level is not None and not self.noise_level >= 0:
-            raise ProGRPOConfigError(f"noise_level={self.noise_level} must be >= 0 (0 = deterministic).")
+            raise ProGRPOConfigError(f"noise_level={self.noise_level} must be >= 0 (0 = deterministic).",
+                                     field="rollout.noise_level")
         if self.selection not in SELECTIONS:
-            raise ProGRPOConfigError(f"selection {self.selection!r} is unknown; use one of {sorted(SELECTIONS)}.")
+            raise ProGRPOConfigError(f"selection {self.selection!r} is unknown; use one of {sorted(SELECTIONS)}.",
+                                     field="rollout.selection")
+        self._normalise_schedules()
+        self._check_options()
+
+    def _normalise_schedules(self) -> None:
+        """``prune_schedule`` as a PruneSchedule (or None), ``final_keep`` and ``sde_window`` checked against it."""
         if isinstance(self.prune_schedule, str):
             self.prune_schedule = PruneSchedule.parse(self.prune_schedule) if self.prune_schedule.strip() else None
         elif isinstance(self.prune_schedule, dict):
@@ -124,23 +135,31 @@ class RolloutConfig:
             if isinstance(self.final_keep, bool) or not isinstance(self.final_keep, int) or not 2 <= self.final_keep < before:
                 raise ProGRPOConfigError(
                     f"final_keep={self.final_keep!r} must be an int with 2 <= final_keep < {before} (the trajectories "
-                    "per prompt that reach the end); or None for no static filtering."
+                    "per prompt that reach the end); or None for no static filtering.",
+                    field="rollout.final_keep",
                 )
         if self.sde_window is not None:
             start, stop = (int(v) for v in self.sde_window)
             if not 0 <= start < stop <= self.num_steps:
                 raise ProGRPOConfigError(
-                    f"sde_window={self.sde_window} must satisfy 0 <= start < stop <= num_steps={self.num_steps}."
+                    f"sde_window={self.sde_window} must satisfy 0 <= start < stop <= num_steps={self.num_steps}.",
+                    field="rollout.sde_window",
                 )
             self.sde_window = (start, stop)
+
+    def _check_options(self) -> None:
         if self.max_batch_rows is not None and self.max_batch_rows < 1:
-            raise ProGRPOConfigError(f"max_batch_rows={self.max_batch_rows} must be >= 1 or None.")
+            raise ProGRPOConfigError(f"max_batch_rows={self.max_batch_rows} must be >= 1 or None.",
+                                     field="rollout.max_batch_rows")
         if self.guidance_scale < 0:
-            raise ProGRPOConfigError(f"guidance_scale={self.guidance_scale} must be >= 0.")
+            raise ProGRPOConfigError(f"guidance_scale={self.guidance_scale} must be >= 0.",
+                                     field="rollout.guidance_scale")
         if self.preview not in PREVIEW_MODES:
-            raise ProGRPOConfigError(f"preview={self.preview!r} is unknown; use one of {list(PREVIEW_MODES)}.")
+            raise ProGRPOConfigError(f"preview={self.preview!r} is unknown; use one of {list(PREVIEW_MODES)}.",
+                                     field="rollout.preview")
         if not isinstance(self.shared_initial_noise, bool):
-            raise ProGRPOConfigError(f"shared_initial_noise={self.shared_initial_noise!r} must be true or false.")
+            raise ProGRPOConfigError(f"shared_initial_noise={self.shared_initial_noise!r} must be true or false.",
+                                     field="rollout.shared_initial_noise")
 
     @property
     def final_group_size(self) -> int:
@@ -377,7 +396,8 @@ class _ExpandAndPrune:
         self.checkpoints = config.prune_schedule.checkpoints if config.prune_schedule is not None else ()
         self.checkpoint_slot = {step: slot for slot, (step, _) in enumerate(self.checkpoints)}
         self.noise_generator = torch.Generator().manual_seed(config.seed)
-        self.selection_generator = torch.Generator().manual_seed(config.seed + 1)  # own stream: noise never depends on it
+        # own stream: the noise never depends on the selections
+        self.selection_generator = torch.Generator().manual_seed(config.seed + 1)
         self.shard = _checked_shard(shard, self.num_prompts)
         # noise of every group of the global batch, this shard's rows kept (see RowShard)
         self.noise_shape = (self.shard.total_prompts * group_size, channels, height, width)
@@ -392,7 +412,8 @@ class _ExpandAndPrune:
         self.std_before = torch.zeros(len(self.checkpoints))
         self.std_after = torch.zeros(len(self.checkpoints))
         self.network = _NetworkCalls(denoiser, self.schedule, config, self.ledger, self.branches, self.device)
-        self.cached_output: torch.Tensor | None = None  # step's network output at the last state, from a "current" preview
+        # the next step's network output at the last state, from a "current" preview (survivors reuse it)
+        self.cached_output: torch.Tensor | None = None
 
     def step(self, step: int) -> StepOutput:
         """Advance every live row by step ``step`` (its noise is drawn for all rows of the global batch)."""

@@ -71,17 +71,21 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ProGRPOConfigError(f"LoraSettings.rank must be an integer >= 1, got {self.rank!r}; use e.g. rank=4.")
+            raise ProGRPOConfigError(f"LoraSettings.rank must be an integer >= 1, got {self.rank!r}; use e.g. rank=4.",
+                                     field="lora.rank")
         if not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) or self.alpha <= 0:
             raise ProGRPOConfigError(
-                f"LoraSettings.alpha must be a finite number > 0, got {self.alpha!r}; use e.g. alpha=rank."
+                f"LoraSettings.alpha must be a finite number > 0, got {self.alpha!r}; use e.g. alpha=rank.",
+                field="lora.alpha",
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ProGRPOConfigError(
-                f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}; use 0.0 to disable it."
+                f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}; use 0.0 to disable it.",
+                field="lora.dropout",
             )
         if self.init_seed is not None and (isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int)):
-            raise ProGRPOConfigError(f"LoraSettings.init_seed must be an integer or None, got {self.init_seed!r}.")
+            raise ProGRPOConfigError(f"LoraSettings.init_seed must be an integer or None, got {self.init_seed!r}.",
+                                     field="lora.init_seed")
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "dropout", float(self.dropout))
         if self.target_modules is not None:
@@ -89,7 +93,8 @@ class LoraSettings:
             if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
                 raise ProGRPOConfigError(
                     f"LoraSettings.target_modules must be a non-empty list of module names, got "
-                    f"{self.target_modules!r}; use None for the architecture's defaults."
+                    f"{self.target_modules!r}; use None for the architecture's defaults.",
+                    field="lora.target_modules",
                 )
             object.__setattr__(self, "target_modules", targets)
 
@@ -106,6 +111,7 @@ class LoraSettings:
         if name not in DEFAULT_TARGETS:
             raise ProGRPOConfigError(
                 f"LoraSettings.target_modules is None but there are no default targets for network class "
-                f"{name!r} (known: {sorted(DEFAULT_TARGETS)}); pass target_modules explicitly."
+                f"{name!r} (known: {sorted(DEFAULT_TARGETS)}); pass target_modules explicitly.",
+                field="lora.target_modules",
             )
         return DEFAULT_TARGETS[name]

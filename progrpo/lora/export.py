@@ -113,6 +113,46 @@ def _build_metadata(
     return {"base_model": default_base, **encode_metadata(extra), **owned}
 
 
+def _export_key_format(network: torch.nn.Module, settings: LoraSettings, path: Path, adapter_name: str) -> str:
+    """The key format ``network`` exports in, after checking the path, the class and the adapter's settings."""
+    _require_adapter(network, adapter_name)
+    if path.suffix != ".safetensors":
+        raise ProGRPOConfigError(
+            f"LoRA export path {str(path)!r} must end with .safetensors (ComfyUI lists only those)."
+        )
+    class_name = network_class_name(network)
+    if class_name not in EXPORT_FORMATS:
+        raise ProGRPOConfigError(
+            f"no ComfyUI LoRA key format for network class {class_name!r}; supported: {sorted(EXPORT_FORMATS)}."
+        )
+    peft_config = network.peft_config[adapter_name]
+    if peft_config.r != settings.rank or float(peft_config.lora_alpha) != settings.alpha:
+        raise ProGRPOConfigError(
+            f"export settings (rank {settings.rank}, alpha {settings.alpha}) differ from the adapter's "
+            f"(rank {peft_config.r}, alpha {peft_config.lora_alpha}); pass the LoraSettings used in add_lora."
+        )
+    return EXPORT_FORMATS[class_name]
+
+
+def _file_tensors(state: dict[str, torch.Tensor], key_format: str, alpha: torch.Tensor,
+                  dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """peft ``lora_A``/``lora_B`` weights renamed to ``key_format`` (down, up, alpha per module), on the CPU."""
+    rule = KEY_FORMATS[key_format]
+    tensors: dict[str, torch.Tensor] = {}
+    for key, down in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        stem = rule.stem(module)
+        if stem + rule.down in tensors:
+            raise ProGRPOConfigError(f"two LoRA modules map to the same {key_format} key {stem!r}; rename targets.")
+        up = state[f"{module}.lora_B.weight"]
+        tensors[stem + rule.down] = (down if dtype is None else down.to(dtype)).contiguous().cpu()
+        tensors[stem + rule.up] = (up if dtype is None else up.to(dtype)).contiguous().cpu()
+        tensors[stem + rule.alpha] = alpha.clone()
+    return tensors
+
+
 def export_comfyui_lora(
     network: torch.nn.Module,
     settings: LoraSettings,
@@ -134,39 +174,11 @@ def export_comfyui_lora(
     Returns:
         The written path.
     """
-    _require_adapter(network, adapter_name)
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ProGRPOConfigError(
-            f"LoRA export path {str(path)!r} must end with .safetensors (ComfyUI lists only those)."
-        )
-    class_name = network_class_name(network)
-    if class_name not in EXPORT_FORMATS:
-        raise ProGRPOConfigError(
-            f"no ComfyUI LoRA key format for network class {class_name!r}; supported: {sorted(EXPORT_FORMATS)}."
-        )
-    peft_config = network.peft_config[adapter_name]
-    if peft_config.r != settings.rank or float(peft_config.lora_alpha) != settings.alpha:
-        raise ProGRPOConfigError(
-            f"export settings (rank {settings.rank}, alpha {settings.alpha}) differ from the adapter's "
-            f"(rank {peft_config.r}, alpha {peft_config.lora_alpha}); pass the LoraSettings used in add_lora."
-        )
-    key_format = EXPORT_FORMATS[class_name]
-    rule = KEY_FORMATS[key_format]
+    key_format = _export_key_format(network, settings, path, adapter_name)
     state = lora_state_dict(network, adapter_name)
-    alpha = torch.tensor(settings.alpha, dtype=torch.float32)
-    tensors: dict[str, torch.Tensor] = {}
-    for key in state:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key[: -len(".lora_A.weight")]
-        stem = rule.stem(module)
-        if stem + rule.down in tensors:
-            raise ProGRPOConfigError(f"two LoRA modules map to the same {key_format} key {stem!r}; rename targets.")
-        down, up = state[key], state[f"{module}.lora_B.weight"]
-        tensors[stem + rule.down] = (down if dtype is None else down.to(dtype)).contiguous().cpu()
-        tensors[stem + rule.up] = (up if dtype is None else up.to(dtype)).contiguous().cpu()
-        tensors[stem + rule.alpha] = alpha.clone()
+    tensors = _file_tensors(state, key_format, torch.tensor(settings.alpha, dtype=torch.float32), dtype)
+    peft_config = network.peft_config[adapter_name]
     targets = tuple(sorted(peft_config.target_modules)) if settings.target_modules is None else settings.target_modules
     file_metadata = _build_metadata(network, settings, key_format, targets, dict(metadata or {}))
     atomic_save_safetensors(tensors, path, file_metadata)
@@ -209,6 +221,20 @@ def _split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+def _weight_delta(stem: str, module: str, parts: dict[str, torch.Tensor], weight: torch.Tensor,
+                  strength: float) -> torch.Tensor:
+    """ComfyUI's LoRA delta [weight.shape] for ``module`` from its file tensors ``up``, ``down`` (and ``alpha``)."""
+    up, down = parts["up"].flatten(1).float(), parts["down"].flatten(1).float()
+    if up.shape[0] != weight.shape[0] or down.shape[1] != weight[0].numel() or up.shape[1] != down.shape[0]:
+        raise ProGRPOConfigError(
+            f"LoRA {stem!r} shapes up {tuple(parts['up'].shape)} / down {tuple(parts['down'].shape)} do not fit "
+            f"weight {tuple(weight.shape)} of {module!r}; use the base model the LoRA was trained on."
+        )
+    # ComfyUI scales by alpha/rank only when an alpha key exists.
+    scale = parts["alpha"].item() / down.shape[0] if "alpha" in parts else 1.0
+    return (strength * scale * (up @ down)).reshape(weight.shape)
+
+
 def apply_comfyui_lora(network: torch.nn.Module, path: str | os.PathLike[str], strength: float = 1.0) -> list[str]:
     """Merge a file written by ``export_comfyui_lora`` into a fresh base ``network``, in place.
 
@@ -246,18 +272,8 @@ def apply_comfyui_lora(network: torch.nn.Module, path: str | os.PathLike[str], s
             f"({len(unmapped)} in all), modules without both up and down {incomplete[:10]}; export it from "
             f"a network of the same architecture."
         )
-    deltas: dict[str, torch.Tensor] = {}
-    for stem, parts in groups.items():
-        weight = layers[stems[stem]].weight
-        up, down = parts["up"].flatten(1).float(), parts["down"].flatten(1).float()
-        if up.shape[0] != weight.shape[0] or down.shape[1] != weight[0].numel() or up.shape[1] != down.shape[0]:
-            raise ProGRPOConfigError(
-                f"LoRA {stem!r} shapes up {tuple(parts['up'].shape)} / down {tuple(parts['down'].shape)} do not fit "
-                f"weight {tuple(weight.shape)} of {stems[stem]!r}; use the base model the LoRA was trained on."
-            )
-        # ComfyUI scales by alpha/rank only when an alpha key exists.
-        scale = parts["alpha"].item() / down.shape[0] if "alpha" in parts else 1.0
-        deltas[stems[stem]] = (strength * scale * (up @ down)).reshape(weight.shape)
+    deltas = {stems[stem]: _weight_delta(stem, stems[stem], parts, layers[stems[stem]].weight, strength)
+              for stem, parts in groups.items()}
     with torch.no_grad():
         for name, delta in deltas.items():
             weight = layers[name].weight

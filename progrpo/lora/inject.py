@@ -59,14 +59,16 @@ def find_target_modules(network: torch.nn.Module, targets: tuple[str, ...]) -> d
         raise ProGRPOConfigError(
             f"LoraSettings.target_modules entries {unmatched} match no module of "
             f"{network_class_name(network)}; use names of its Linear layers, e.g. "
-            f"{available_linear_names(network)}, or target_modules=None for the defaults."
+            f"{available_linear_names(network)}, or target_modules=None for the defaults.",
+            field="lora.target_modules",
         )
     wrong = {name: type(m).__name__ for name, m in matched.items() if not isinstance(m, SUPPORTED_LAYERS)}
     if wrong:
         raise ProGRPOConfigError(
             f"LoraSettings.target_modules select modules that are not Linear/Conv2d layers: "
             f"{dict(list(wrong.items())[:8])}; target their projections instead, e.g. "
-            f"{available_linear_names(network, 12)}."
+            f"{available_linear_names(network, 12)}.",
+            field="lora.target_modules",
         )
     return {name: matched[name] for name, _ in network.named_modules() if name in matched}
 
@@ -103,6 +105,31 @@ def lora_module_names(network: torch.nn.Module, adapter_name: str = DEFAULT_ADAP
     ]
 
 
+def _check_injectable(network: torch.nn.Module, adapter_name: str) -> None:
+    """Refuse a network peft cannot inject into, or one that already has ``adapter_name``."""
+    if not hasattr(network, "add_adapter"):
+        raise ProGRPOConfigError(
+            f"network {network_class_name(network)} has no add_adapter method; pass a diffusers model "
+            f"(UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel, ...)."
+        )
+    if has_adapter(network, adapter_name):
+        raise ProGRPOConfigError(
+            f"network {network_class_name(network)} already has a LoRA adapter {adapter_name!r}; "
+            f"use another adapter_name or a fresh network."
+        )
+
+
+def _freeze_all_but_lora(network: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
+    """Only adapter ``adapter_name``'s LoRA weights keep ``requires_grad``; returns them (model order)."""
+    trainable = []
+    for name, parameter in network.named_parameters():
+        is_lora = _is_lora_parameter(name, adapter_name)
+        parameter.requires_grad_(is_lora)
+        if is_lora:
+            trainable.append(parameter)
+    return trainable
+
+
 def add_lora(
     network: torch.nn.Module, settings: LoraSettings, adapter_name: str = DEFAULT_ADAPTER
 ) -> list[torch.nn.Parameter]:
@@ -117,16 +144,7 @@ def add_lora(
     """
     from peft import LoraConfig
 
-    if not hasattr(network, "add_adapter"):
-        raise ProGRPOConfigError(
-            f"network {network_class_name(network)} has no add_adapter method; pass a diffusers model "
-            f"(UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel, ...)."
-        )
-    if has_adapter(network, adapter_name):
-        raise ProGRPOConfigError(
-            f"network {network_class_name(network)} already has a LoRA adapter {adapter_name!r}; "
-            f"use another adapter_name or a fresh network."
-        )
+    _check_injectable(network, adapter_name)
     targets = settings.resolve_targets(network)
     matched = find_target_modules(network, targets)
     config = LoraConfig(
@@ -146,12 +164,7 @@ def add_lora(
     # peft builds the adapter's dropout modules in train mode even inside an eval network; give the
     # whole tree back the mode it had, or an eval-mode sampler would sample with LoRA dropout on.
     network.train(was_training)
-    trainable = []
-    for name, parameter in network.named_parameters():
-        is_lora = _is_lora_parameter(name, adapter_name)
-        parameter.requires_grad_(is_lora)
-        if is_lora:
-            trainable.append(parameter)
+    trainable = _freeze_all_but_lora(network, adapter_name)
     logger.info(
         "LoRA %r on %s: %d modules, rank %d, alpha %g, %d trainable parameters",
         adapter_name,

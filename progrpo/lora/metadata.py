@@ -24,7 +24,7 @@ def encode_metadata(
     sort_keys: bool = True,
     fallback: Callable[[Any], Any] | None = None,
 ) -> dict[str, str]:
-    """``{prefix + key: text}``: strings pass through, anything else is ``json.dumps(value, sort_keys, default=fallback)``.
+    """``{prefix + key: text}``: strings pass through, anything else is JSON (``sort_keys``, ``default=fallback``).
 
     Without ``fallback`` a value JSON cannot encode raises :class:`ProGRPOConfigError` naming the key.
     """

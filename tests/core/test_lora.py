@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from progrpo.lora import (
     LoraSettings,
     add_lora,
     apply_comfyui_lora,
+    encode_metadata,
     export_comfyui_lora,
     find_target_modules,
     load_lora_state_dict,
@@ -30,6 +32,7 @@ from progrpo.lora import (
     lora_state_dict,
     read_lora_metadata,
     read_peft_settings,
+    run_metadata,
     save_peft_adapter,
 )
 from progrpo.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
@@ -280,8 +283,9 @@ def test_load_lora_state_dict_rejects_missing_keys(bases):
     ],
 )
 def test_bad_settings_name_the_field(kwargs, field):
-    with pytest.raises(ProGRPOConfigError, match=f"LoraSettings.{field}"):
+    with pytest.raises(ProGRPOConfigError, match=f"LoraSettings.{field}") as caught:
         LoraSettings(**kwargs)
+    assert caught.value.field == f"lora.{field}"
 
 
 def test_unknown_targets_list_available_linear_names(bases):
@@ -291,8 +295,19 @@ def test_unknown_targets_list_available_linear_names(bases):
     with pytest.raises(ProGRPOConfigError, match="not Linear/Conv2d"):
         add_lora(network, LoraSettings(target_modules=("attn1",)))
     assert all(p.requires_grad for p in network.parameters())  # untouched: checks run before freezing
-    with pytest.raises(ProGRPOConfigError, match="no default targets"):
+    with pytest.raises(ProGRPOConfigError, match="no default targets") as caught:
         LoraSettings().resolve_targets(torch.nn.Linear(2, 2))
+    assert caught.value.field == "lora.target_modules"
+
+
+def test_one_metadata_encoder_for_both_file_kinds():
+    run = {"steps": 3, "spec": {"b": 1, "a": 2}, "path": PurePosixPath("/a"), "note": "text"}
+    encoded = run_metadata(2, 4.0, run)  # the nodes' files: keys prefixed, key order kept, str() for the rest
+    assert encoded == {"progrpo": "1", "rank": "2", "alpha": "4.0", "progrpo_steps": "3",
+                       "progrpo_spec": '{"b": 1, "a": 2}', "progrpo_path": '"/a"', "progrpo_note": "text"}
+    assert encode_metadata({"spec": {"b": 1, "a": 2}}) == {"spec": '{"a": 2, "b": 1}'}  # the export's: sorted keys
+    with pytest.raises(ProGRPOConfigError, match=r"metadata\['bad'\]"):
+        encode_metadata({"bad": object()})
 
 
 def test_apply_lists_unmapped_keys(bases, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from progrpo.errors import ProGRPOConfigError
-from progrpo.pruning import PruneSchedule, select
+from progrpo.pruning import PruneSchedule, rows_of_positions, select
 
 
 def test_parse_and_format():
@@ -39,6 +39,26 @@ def test_schedule_must_fit_the_run():
         PruneSchedule.parse("10:4").validate_for(group_size=8, num_steps=10)
     with pytest.raises(ProGRPOConfigError, match="outside 1..9"):
         PruneSchedule.parse("0:4").validate_for(group_size=8, num_steps=10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PruneSchedule(()),
+    lambda: PruneSchedule.parse("5:24, 5:12"),
+    lambda: PruneSchedule.parse("5:12, 7:24"),
+    lambda: PruneSchedule.parse("5:24, 7:1"),
+    lambda: PruneSchedule.parse("five:24"),
+    lambda: PruneSchedule.parse("3:8").validate_for(group_size=8, num_steps=10),
+    lambda: PruneSchedule.parse("10:4").validate_for(group_size=8, num_steps=10),
+])
+def test_schedule_errors_carry_the_train_config_field(make):
+    with pytest.raises(ProGRPOConfigError) as caught:
+        make()
+    assert caught.value.field == "rollout.prune_schedule"
+
+
+def test_rows_of_positions_are_group_major():
+    positions = torch.tensor([[0, 2], [1, 3], [0, 1]])
+    assert rows_of_positions(positions, 4).tolist() == [0, 2, 5, 7, 8, 9]
 
 
 def test_strategies_keep_the_target_count_per_group():

@@ -239,6 +239,30 @@ def test_bad_rollout_configs_name_the_input(options, message):
         RolloutConfig(**options)
 
 
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        ({"group_size": 1}, "rollout.group_size"),
+        ({"width": 0}, "rollout.width"),
+        ({"group_size": 8, "prune_schedule": "3:8"}, "rollout.prune_schedule"),
+        ({"prune_schedule": "3"}, "rollout.prune_schedule"),
+        ({"dynamics": "euler_a"}, "rollout.dynamics"),
+        ({"selection": "best"}, "rollout.selection"),
+        ({"noise_level": -0.1}, "rollout.noise_level"),
+        ({"group_size": 8, "final_keep": 8}, "rollout.final_keep"),
+        ({"sde_window": (3, 2)}, "rollout.sde_window"),
+        ({"max_batch_rows": 0}, "rollout.max_batch_rows"),
+        ({"guidance_scale": -1.0}, "rollout.guidance_scale"),
+        ({"preview": "future"}, "rollout.preview"),
+        ({"shared_initial_noise": 1}, "rollout.shared_initial_noise"),
+    ],
+)
+def test_bad_rollout_configs_carry_the_train_config_field(options, field):
+    with pytest.raises(ProGRPOConfigError) as caught:
+        RolloutConfig(**options)
+    assert caught.value.field == field
+
+
 def test_dynamics_must_fit_the_model(sd_denoiser, brightness):
     with pytest.raises(ProGRPOConfigError, match="use 'ddim' or 'cps'"):
         expand_and_prune_rollout(sd_denoiser, sd_denoiser.encode_prompts(PROMPTS[:1]), brightness,
