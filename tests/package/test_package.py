@@ -140,6 +140,12 @@ def test_a_venv_with_only_the_runtime_requirements_runs_the_embedded_demo(tmp_pa
         probe = subprocess.run([str(python), "-c", f"import {leaked}"], cwd=tmp_path, env=_bare_env(),
                                capture_output=True, check=False)
         assert probe.returncode != 0, f"{leaked} is importable in the run-time venv"
+    # every progrpo module imports there (the demo below only reaches the embedded model's path)
+    walk = "import importlib, pkgutil, progrpo; [importlib.import_module(m.name) for m in pkgutil.walk_packages(" \
+           "progrpo.__path__, 'progrpo.')]"
+    modules = subprocess.run([str(python), "-c", walk], cwd=tmp_path, env=_bare_env(PYTHONPATH=str(REPO)),
+                             capture_output=True, text=True, check=False)
+    assert modules.returncode == 0, modules.stderr[-3000:]
     url, pid = _start_server(python, tmp_path / "base")
     try:
         entry = _run_prompt(url, _short_demo(), timeout=400)
