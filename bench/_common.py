@@ -14,7 +14,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def pin_threads(threads: int = 1) -> None:
-    """Benchmarks pin torch threads: on 2 shared cores, 2 threads time 5-20x noisier (models.md)."""
+    """Benchmarks pin torch threads: on 2 shared cores, 2 threads time 5-20x noisier
+    (measured on the 2-core CI machine while other jobs ran)."""
     torch.set_num_threads(threads)
 
 

@@ -1,7 +1,7 @@
 """The peer benchmarks' tiny Stable Diffusion pipeline, built offline and cached on disk.
 
-Exactly the model of ``shared/research/peer_trl.md`` section 2 (the one TRL's DDPO figures were
-measured on): diffusers' own SD test-fixture dims -- UNet (32, 64) with 2 layers per block and
+Exactly the model TRL's standalone DDPO figures were measured on (bench/README.md, "Peer: TRL's
+DDPO"): diffusers' own SD test-fixture dims -- UNet (32, 64) with 2 layers per block and
 cross-attention dim 32 (1,427,012 params), AutoencoderKL (32, 64) -> 64x64 images, a 5-layer
 CLIP text encoder of hidden size 32, a byte-level CLIP tokenizer (514 tokens, no merges) and
 SD-1.x's DDIM scheduler. ``torch.manual_seed(0)`` before each component. Random weights; cost

@@ -1,6 +1,6 @@
 """Peer benchmark: progrpo's DDIM-with-log-probs sampler and grpo_update against TRL's DDPOTrainer.
 
-The workload of ``shared/research/peer_trl.md`` sections 3 and 5, run by both implementations on
+The workload of TRL's standalone DDPO measurement (bench/README.md, "Peer: TRL's DDPO"), run by both implementations on
 the SAME saved tiny Stable Diffusion pipeline (``bench/_peer_sd.py``): 64 px, 10 DDIM steps,
 eta 1, CFG 5 in sampling AND training, LoRA r=4 alpha 4 on to_q/to_k/to_v/to_out.0, 8 images per
 epoch in batches of 4 (4 prompts cycling), fp32, brightness reward, one AdamW step per epoch
@@ -139,7 +139,7 @@ def run_interleaved(epochs: int, warmup: int, order: tuple[str, ...]) -> dict:
 
 
 def setup_trl() -> _Runner:
-    """TRL's DDPOTrainer on the peer pipeline, with the timers of peer_trl.md section 4."""
+    """TRL's DDPOTrainer on the peer pipeline, timed at the boundaries of the module docstring."""
     import accelerate
     import torch
 
@@ -360,7 +360,7 @@ def main() -> None:
     logger.info("TRL DDPO peer, tiny SD 64px, 10 DDIM steps eta 1, CFG 5, 8 imgs/epoch, 1 thread; %d process(es) "
                 "x %d epochs per implementation, alternating (%.0f s)", args.runs, args.epochs,
                 time.perf_counter() - started)
-    logger.info("%-26s %10s %10s %10s %8s %8s %14s", "figure", "TRL", "ours", "ours/TRL", "target", "", "TRL, peer_trl.md")
+    logger.info("%-26s %10s %10s %10s %8s %8s %14s", "figure", "TRL", "ours", "ours/TRL", "target", "", "TRL standalone")
     for name in FIGURES:
         target = f"<= {TARGET}" if name in verdicts else ""
         logger.info("%-26s %10.4f %10.4f %10.3f %8s %8s %14s", name, medians["trl"][name], medians["ours"][name],

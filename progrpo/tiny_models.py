@@ -2,8 +2,8 @@
 
 Used by the tests, the benchmarks and as a smoke-test target of the CLI: the same loading and
 sampling code users run on real checkpoints runs here on sub-megabyte models. Nothing is
-downloaded; the tokenizer is a word-level one built in memory (``../shared/research/models.md``
-route B), so a pipeline saved with ``save_pretrained`` reloads with ``from_pretrained(folder)``.
+downloaded; the tokenizer is a word-level one built in memory (no vocabulary file to download
+or ship), so a pipeline saved with ``save_pretrained`` reloads with ``from_pretrained(folder)``.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon") -> Any:
     ))
 
 
-#: SD3 transformer sizes: "tiny" (0.29 M params) for tests; "small" (models.md's small tier,
-#: 2.3 M) for benchmarks, where the denoiser rather than the VAE dominates the cost as in real models.
+#: SD3 transformer sizes: "tiny" (0.29 M params) for tests; "small" (2.3 M) for
+#: benchmarks, where the denoiser rather than the VAE dominates the cost as in real models.
 SD3_TIERS = {
     "tiny": dict(num_layers=2, attention_head_dim=16, num_attention_heads=4, caption_projection_dim=64),
     "small": dict(num_layers=4, attention_head_dim=32, num_attention_heads=4, caption_projection_dim=128),

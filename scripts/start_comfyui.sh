@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
 done
 
 TREE=$ROOT/.comfyui/ComfyUI
-PY=$ROOT/.venv/bin/python
+# COMFYUI_PYTHON: another interpreter (tests/package runs a venv holding only the run-time requirements).
+PY=${COMFYUI_PYTHON:-$ROOT/.venv/bin/python}
 [ -f "$TREE/main.py" ] && [ -x "$PY" ] || { echo "ComfyUI is not installed; run scripts/install_comfyui.sh" >&2; exit 1; }
 mkdir -p "$BASE/custom_nodes" "$BASE/models"
 [ -e "$BASE/custom_nodes/comfyui-progrpo" ] || ln -s "$ROOT" "$BASE/custom_nodes/comfyui-progrpo"

@@ -15,7 +15,7 @@ images per model call, and returns float32 scores.
 
 Images are preprocessed with torch (antialiased resize of the short side, centre crop,
 normalisation with the saved processor's ``image_mean/std``) rather than the PIL processor, so
-gradients reach the pixels (research/models.md section 3). Nothing is downloaded: a path must be
+gradients reach the pixels (the rewards are differentiable for gradient-based fine-tuning). Nothing is downloaded: a path must be
 an existing folder and every ``from_pretrained`` runs with ``local_files_only=True``. Loaded
 models are cached per (kind, path, device, dtype) so repeated builds (ComfyUI re-executing a loader
 node, several rewards on one backbone) do not reload.

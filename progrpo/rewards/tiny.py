@@ -2,7 +2,7 @@
 
 The reward loaders then run their real code path (``CLIPModel.from_pretrained`` on a folder,
 tokenizer and processor config read from it) on a ~200 KB model instead of a multi-GB download
-(research/models.md section 3). The tokenizer is the word-level one of
+(the tests run with no network and no weights). The tokenizer is the word-level one of
 :func:`progrpo.tiny_models.tiny_tokenizer`; the aesthetic head has the real LAION key names.
 """
 

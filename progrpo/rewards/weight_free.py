@@ -2,8 +2,8 @@
 
 The JPEG rewards follow DDPO (``ddpo_pytorch/rewards.py``): encode at quality 95 with PIL and
 take the file size in kB (``bytes / 1000``); compressibility is ``-kB``, incompressibility
-``+kB``. They are not differentiable. The kornia statistics are differentiable end to end
-(research/models.md section 3), which the tests check; square roots go through
+``+kB``. They are not differentiable. The kornia statistics are differentiable end to end,
+which the tests check; square roots go through
 :func:`_safe_sqrt` so that a flat image, whose variance is exactly 0, gets a finite gradient.
 """
 
