@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "nodes"))
 
 #: real-size configs, as ComfyUI 0.3.75's model_detection reads them from the released checkpoints.
 SD15_CONFIG = {
@@ -103,8 +101,8 @@ _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float
 
 
 def import_comfy() -> None:
-    """ComfyUI importable in this process (tests/nodes/comfy_harness.py; CPU unless ``cuda`` is asked)."""
-    from comfy_harness import import_comfy as harness_import
+    """ComfyUI importable in this process (testkit/comfy_harness.py; CPU unless ``cuda`` is asked)."""
+    from testkit.comfy_harness import import_comfy as harness_import
 
     harness_import()
 
@@ -179,7 +177,7 @@ def write_diffusion_model(path: Path, architecture: Architecture, dtype: torch.d
 
 def vae_state_dict(latent_channels: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """ComfyUI's SD VAE (4 latent channels, ~84 M) or the SD3/Flux VAE (16), random (tiny_checkpoints layout)."""
-    from tiny_checkpoints import _vae_state
+    from testkit.tiny_checkpoints import _vae_state
 
     return {key: value.to(dtype) if value.is_floating_point() else value
             for key, value in _vae_state(latent_channels, seed).items()}

@@ -10,14 +10,14 @@ VAE into a PreviewImage:
   schedule, no reward, no VAE inside: it returns the survivors' latents and the rollout record
   with every step's latents and log-probs) -> the same VAEDecode -> PreviewImage.
 
-A headless ComfyUI server with this extension is started (tests/nodes/comfy_harness.py) and the
+A headless ComfyUI server with this extension is started (testkit/comfy_harness.py) and the
 prompts are queued over HTTP, alternating stock / ours, each with a new seed so the sampler and
 everything after it re-execute (loader, prompts and the empty latent stay cached, for both alike).
 A run's time is the server's own: ``execution_success`` minus ``execution_start`` timestamps in the
 /history status messages. The first round is discarded. Target ratio ours/stock <= 1.15.
 
-    .venv/bin/python bench/comfyui_sampler.py            # 9 rounds, ~1.5 min (server start included)
-    .venv/bin/python bench/comfyui_sampler.py --quick    # 4 rounds
+    .venv/bin/python -m bench.comfyui_sampler            # 9 rounds, ~1.5 min (server start included)
+    .venv/bin/python -m bench.comfyui_sampler --quick    # 4 rounds
 """
 
 from __future__ import annotations
@@ -26,15 +26,11 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO / "tests" / "nodes"))
-from _common import write_result
+from bench._common import write_result
 
 logger = logging.getLogger("progrpo.bench")
 TARGET = 1.15
@@ -82,7 +78,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 rounds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from comfy_harness import COMFYUI, ComfyServer
+    from testkit.comfy_harness import COMFYUI, ComfyServer
 
     if not (COMFYUI / "main.py").is_file():
         logger.info("ComfyUI is not installed in %s; run scripts/install_comfyui.sh", COMFYUI)

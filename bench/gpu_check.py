@@ -20,9 +20,9 @@ full-size parameter counts (meta device), then the same child processes on tiny 
 family (detected by ComfyUI as SD15, Segmind_Vega (an SDXL), SD3 and Flux) at 64 px, 2 steps,
 reporting peak RSS instead of VRAM.
 
-    .venv/bin/python bench/gpu_check.py                       # CUDA; all four models, bf16 and fp8
-    .venv/bin/python bench/gpu_check.py --models sdxl,flux1 --weights bf16 --sizes 1024
-    .venv/bin/python bench/gpu_check.py --dry-run             # CPU smoke, ~5 min on 2 shared cores
+    .venv/bin/python -m bench.gpu_check                       # CUDA; all four models, bf16 and fp8
+    .venv/bin/python -m bench.gpu_check --models sdxl,flux1 --weights bf16 --sizes 1024
+    .venv/bin/python -m bench.gpu_check --dry-run             # CPU smoke, ~5 min on 2 shared cores
 
 Time on a GPU: model creation is seconds; an H100 should need about 1 min per (model, weights) for
 SD1.5/SDXL/SD3.5-M and 2-4 min for Flux.1 (estimates, not measured).
@@ -41,9 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from _common import RESULTS, write_result
+from bench._common import RESULTS, write_result
 
 logger = logging.getLogger("progrpo.bench")
 MODELS = ("sd15", "sdxl", "sd35m", "flux1")
@@ -56,24 +54,10 @@ NO_CUDA = ("gpu_check.py needs a CUDA device (torch.cuda.is_available() is False
            "{cuda}). Run it on a machine with an NVIDIA GPU, or use --dry-run for the CPU smoke run.")
 
 
-def import_comfy(cpu: bool) -> None:
-    """ComfyUI importable in this process: on the CPU (the test harness) or on CUDA (ComfyUI's default)."""
-    if cpu:
-        import _comfy_models as models
-
-        models.import_comfy()
-        return
-    comfyui = BENCH.parent / ".comfyui" / "ComfyUI"
-    if str(comfyui) not in sys.path:
-        sys.path.insert(0, str(comfyui))
-    import comfy.model_management  # noqa: F401  (picks the CUDA device)
-
-
 def load_extension(cpu: bool, output_dir: Path) -> Any:
-    import_comfy(cpu)
-    sys.path.insert(0, str(BENCH.parent / "tests" / "nodes"))
-    from comfy_harness import load_extension_nodes
+    from testkit.comfy_harness import import_comfy, load_extension_nodes
 
+    import_comfy(cpu)  # on the CPU, or on CUDA (ComfyUI's default)
     extension = load_extension_nodes()
     if not cpu:  # the harness sets --cpu; the device was already picked (CUDA) by import_comfy(cpu=False)
         import comfy.cli_args
@@ -104,9 +88,10 @@ def model_options(weights: str) -> dict:
 
 def build_model(architecture: Any, weights: str, device: str) -> Any:
     """A ComfyUI MODEL from a random bf16 state dict made on ``device``, through UNETLoader's loader function."""
-    import _comfy_models as models
     import comfy.sd
     import torch
+
+    from bench import _comfy_models as models
 
     state = models.random_state_dict(architecture, torch.bfloat16, seed=0, device=device)
     with torch.inference_mode():
@@ -123,9 +108,10 @@ def build_model(architecture: Any, weights: str, device: str) -> Any:
 
 
 def build_vae(latent_channels: int) -> Any:
-    import _comfy_models as models
     import comfy.sd
     import torch
+
+    from bench import _comfy_models as models
 
     with torch.inference_mode():
         return comfy.sd.VAE(sd=models.vae_state_dict(latent_channels, seed=1))
@@ -157,7 +143,7 @@ def peak_reader(cuda: bool) -> tuple[Any, Any]:
 
 
 def train_settings(architecture: Any, px: int, steps: int, run_name: str, options: dict) -> dict:
-    import _comfy_models as models
+    from bench import _comfy_models as models
 
     positive, negative = models.conditioning(architecture)
     cfg = architecture.cfg
@@ -180,8 +166,9 @@ def node_options(extension: Any, args: argparse.Namespace) -> dict:
 
 def child(model_name: str, weights: str, sizes: list[int], args: argparse.Namespace) -> list[dict]:
     """Build one model in one weight format and run the warm-up and measured Train Loop iterations."""
-    import _comfy_models as models
     import torch
+
+    from bench import _comfy_models as models
 
     cuda = not args.dry_run
     torch.set_num_threads(args.threads)
@@ -230,7 +217,7 @@ def device_name(cuda: bool) -> str:
 
 
 def run_child(model_name: str, weights: str, sizes: list[int], args: argparse.Namespace) -> list[dict]:
-    command = [sys.executable, __file__, "--child", model_name, weights, "--sizes", ",".join(map(str, sizes)),
+    command = [sys.executable, "-m", __spec__.name, "--child", model_name, weights, "--sizes", ",".join(map(str, sizes)),
                "--steps", str(args.steps), "--threads", str(args.threads)]
     for flag, value in (("--training-dtype", args.training_dtype), ("--micro-batch-rows", args.micro_batch_rows),
                         ("--gradient-checkpointing", args.gradient_checkpointing)):
@@ -267,9 +254,9 @@ def markdown(rows: list[dict], device: str, dry_run: bool) -> str:
 
 def full_size_counts() -> dict[str, int]:
     """Parameter counts of the real-size configs, from meta-device models (no memory)."""
-    import _comfy_models as models
+    from bench import _comfy_models as models
 
-    import_comfy(cpu=True)
+    models.import_comfy()
     return {name: models.parameter_count(architecture) for name, architecture in models.ARCHITECTURES.items()}
 
 

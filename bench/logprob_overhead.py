@@ -14,8 +14,8 @@ images at once (16 UNet rows) and VAE-decode the 8 images.
 Runs are interleaved (diffusers, progrpo, diffusers, ...), first round discarded; the ratio of
 medians is the overhead of carrying log-probs and the trajectory. Target <= 1.10.
 
-    .venv/bin/python bench/logprob_overhead.py           # 7 repeats, ~1 min
-    .venv/bin/python bench/logprob_overhead.py --quick   # 3 repeats
+    .venv/bin/python -m bench.logprob_overhead           # 7 repeats, ~1 min
+    .venv/bin/python -m bench.logprob_overhead --quick   # 3 repeats
 """
 
 from __future__ import annotations
@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, pin_threads, write_result
+from bench._common import interleaved_medians, pin_threads, write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -46,8 +43,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pin_threads(1)
     import torch
-    from _peer_sd import load_pipeline
 
+    from bench._peer_sd import load_pipeline
     from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
     from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 

@@ -20,8 +20,8 @@ stock UNETLoader with ``--bf16-unet``; a random SD VAE), all in one process at 1
 
 Writes bench/results/lora_output_speed.json.
 
-    .venv/bin/python bench/lora_output_speed.py            # ~10 min on 2 shared cores
-    .venv/bin/python bench/lora_output_speed.py --quick    # fewer sampling rounds
+    .venv/bin/python -m bench.lora_output_speed            # ~10 min on 2 shared cores
+    .venv/bin/python -m bench.lora_output_speed --quick    # fewer sampling rounds
 """
 
 from __future__ import annotations
@@ -29,16 +29,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-import real_size_memory as memory
-from _common import interleaved_medians, pin_threads, write_result
+from bench import real_size_memory as memory
+from bench._common import interleaved_medians, pin_threads, write_result
 
 logger = logging.getLogger("progrpo.bench")
 TARGET = 1.05

@@ -30,8 +30,8 @@ Statistics, over paired seeds (same seed = same prompts' first draw, same eval n
 The verdict line says ``reproduced`` (interval above 0), ``not reproduced`` (interval below 0) or
 ``undecided at this power`` (interval covers 0).
 
-    .venv/bin/python bench/paper_table.py                   # 8 seeds x 40 iterations x 8 arms, 2 processes
-    .venv/bin/python bench/paper_table.py --smoke --out runs/paper_table_smoke   # the tests' setting (~1-2 min)
+    .venv/bin/python -m bench.paper_table                   # 8 seeds x 40 iterations x 8 arms, 2 processes
+    .venv/bin/python -m bench.paper_table --smoke --out runs/paper_table_smoke   # the tests' setting (~1-2 min)
 
 Writes ``paper_table.md``, ``paper_table.json`` and ``paper_table_curves.png`` to ``--out``
 (default ``bench/results/``).
@@ -48,14 +48,12 @@ import multiprocessing
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, pin_threads
+from bench._common import RESULTS, pin_threads
 
 logger = logging.getLogger("progrpo.bench")
 

@@ -25,8 +25,8 @@ run discarded as warm-up):
 Both implementations load in one process and alternate whole epochs (A B B A A B ...), so load drift
 on the shared cores hits both alike; ``--runs`` repeats that in fresh processes.
 
-    .venv/bin/python bench/peer_trl.py            # 2 processes x 4 measured epochs each, ~3.5 min on 2 cores
-    .venv/bin/python bench/peer_trl.py --quick    # 1 process x 2 measured epochs, ~1.2 min
+    .venv/bin/python -m bench.peer_trl            # 2 processes x 4 measured epochs each, ~3.5 min on 2 cores
+    .venv/bin/python -m bench.peer_trl --quick    # 1 process x 2 measured epochs, ~1.2 min
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -146,8 +143,9 @@ def setup_trl() -> _Runner:
     torch.set_num_threads(1)
     accelerate.PartialState()  # TRL's missing-LoRA-file warning goes through accelerate's logger
     import trl.models.modeling_sd_base as sd_base
-    from _peer_sd import ensure_pipeline
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+    from bench._peer_sd import ensure_pipeline
 
     folder = ensure_pipeline()
     sample, train = _StepClock(), _StepClock()
@@ -240,9 +238,8 @@ def setup_ours() -> _Runner:
     import torch
 
     torch.set_num_threads(1)
-    from _peer_sd import load_pipeline
-
     import progrpo.rollout as rollout_module
+    from bench._peer_sd import load_pipeline
     from progrpo.advantages import group_advantages
     from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
     from progrpo.lora import LoraSettings, add_lora
@@ -302,7 +299,7 @@ def setup_ours() -> _Runner:
 
 def _child(order: tuple[str, ...], epochs: int, warmup: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, __file__, "--child", ",".join(order), "--epochs", str(epochs),
+    done = subprocess.run([sys.executable, "-m", __spec__.name, "--child", ",".join(order), "--epochs", str(epochs),
                            "--warmup", str(warmup)], capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if done.returncode != 0 or not lines:
@@ -327,7 +324,7 @@ def main() -> None:
         print("BENCH_RESULT " + json.dumps(result))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from _common import write_result
+    from bench._common import write_result
 
     if args.quick:
         args.runs, args.epochs = 1, 2
@@ -337,7 +334,7 @@ def main() -> None:
                                          "loadavg": os.getloadavg()})
         logger.info("wrote %s", path)
         return
-    from _peer_sd import ensure_pipeline
+    from bench._peer_sd import ensure_pipeline
 
     ensure_pipeline()
     runs: dict[str, list[dict]] = {"trl": [], "ours": []}

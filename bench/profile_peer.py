@@ -5,7 +5,7 @@ runs one warm-up epoch, then one epoch under ``cProfile`` (Python-level split: U
 sampling and training, autograd backward, the log-prob step, VAE decode, progrpo's own code) and
 one under ``torch.profiler`` (the top aten operators by self CPU time). 1 thread.
 
-    .venv/bin/python bench/profile_peer.py            # ~1 min
+    .venv/bin/python -m bench.profile_peer            # ~1 min
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import io
 import logging
 import os
 import pstats
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from bench._common import write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -41,9 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import peer_trl
     import torch
     from torch.profiler import ProfilerActivity, profile
+
+    from bench import peer_trl
 
     torch.set_num_threads(1)
     runner = (peer_trl.setup_ours if args.impl == "ours" else peer_trl.setup_trl)()

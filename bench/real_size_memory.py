@@ -33,9 +33,9 @@ average 8-13): SD1.5 sampling 9 min, SDXL sampling 32 min (4 steps, 1 thread); a
 iteration about as long as its sampling plus the update's micro-batch. Unloaded, expect a third of
 that. The model files are deleted at the end unless ``--keep-files``.
 
-    .venv/bin/python bench/real_size_memory.py --quick            # SD1.5 only
-    .venv/bin/python bench/real_size_memory.py --sizes sd15,sdxl  # both (the default)
-    .venv/bin/python bench/real_size_memory.py --sizes tiny       # smoke run of the harness, ~2 min
+    .venv/bin/python -m bench.real_size_memory --quick            # SD1.5 only
+    .venv/bin/python -m bench.real_size_memory --sizes sd15,sdxl  # both (the default)
+    .venv/bin/python -m bench.real_size_memory --sizes tiny       # smoke run of the harness, ~2 min
 """
 
 from __future__ import annotations
@@ -53,10 +53,9 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from _common import RESULTS, write_result
+from bench._common import RESULTS, write_result
 
+BENCH = Path(__file__).resolve().parent
 logger = logging.getLogger("progrpo.bench")
 CACHE = BENCH / ".cache" / "models"
 VAE_FILE = "random_sd_vae_bf16.safetensors"
@@ -81,7 +80,7 @@ def unet_file(size: str) -> str:
 
 
 def architecture_of(size: str) -> Any:
-    import _comfy_models as models
+    from bench import _comfy_models as models
 
     return models.TINY_ARCHITECTURES["sd15"] if size == "tiny" else models.ARCHITECTURES[size]
 
@@ -110,16 +109,17 @@ def write_files(sizes: list[str]) -> dict[str, float]:
     for size in sizes:
         if not (CACHE / "diffusion_models" / unet_file(size)).is_file():
             began = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--write-file", size], check=True)
+            subprocess.run([sys.executable, "-m", __spec__.name, "--write-file", size], check=True)
             seconds[size] = time.perf_counter() - began
     if not (CACHE / "vae" / VAE_FILE).is_file():
-        subprocess.run([sys.executable, __file__, "--write-file", "vae"], check=True)
+        subprocess.run([sys.executable, "-m", __spec__.name, "--write-file", "vae"], check=True)
     return seconds
 
 
 def write_file(which: str) -> None:
-    import _comfy_models as models
     import torch
+
+    from bench import _comfy_models as models
 
     models.import_comfy()
     if which == "vae":
@@ -137,13 +137,13 @@ def write_file(which: str) -> None:
 
 def setup_comfy(output_dir: Path) -> Any:
     """ComfyUI in-process on the CPU, weights kept bf16 (--bf16-unet), our folders registered."""
-    import _comfy_models as models
+    from bench import _comfy_models as models
 
     models.import_comfy()
     from comfy.cli_args import args
 
     args.bf16_unet = True  # ComfyUI's --bf16-unet: bf16 storage, as on a GPU
-    from comfy_harness import load_extension_nodes
+    from testkit.comfy_harness import load_extension_nodes
 
     extension = load_extension_nodes()
     import folder_paths
@@ -156,10 +156,10 @@ def setup_comfy(output_dir: Path) -> Any:
 
 def load_models(size: str) -> tuple[Any, Any, list, list, dict]:
     """(model, vae, positive, negative, facts) loaded as a server loads them (inference mode)."""
-    import _comfy_models as models
     import torch
 
     import nodes as comfy_nodes
+    from bench import _comfy_models as models
 
     began = time.perf_counter()
     with torch.inference_mode():
@@ -317,7 +317,7 @@ def child(size: str, measurement: str, update_micro_batches: int, threads: int) 
 # --- the driver -----------------------------------------------------------------------------------
 
 def run_child(size: str, measurement: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", size, measurement, "--threads", str(args.threads),
+    command = [sys.executable, "-m", __spec__.name, "--child", size, measurement, "--threads", str(args.threads),
                "--update-micro-batches", str(args.update_micro_batches), "--px", str(args.px), "--steps",
                str(args.steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}

@@ -10,15 +10,14 @@ the rollout's wall time went to decoding and scoring the previews (and to the fi
 bf16 too where bf16 scored faster than fp32.
 All figures are ratios measured in this one run.
 
-    .venv/bin/python bench/reward_scoring.py            # ~6 min on 2 shared cores (bf16 is emulated there)
-    .venv/bin/python bench/reward_scoring.py --quick    # 1 timed round, ~3 min
+    .venv/bin/python -m bench.reward_scoring            # ~6 min on 2 shared cores (bf16 is emulated there)
+    .venv/bin/python -m bench.reward_scoring --quick    # 1 timed round, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, pin_threads, write_result
-
+from bench._common import interleaved_medians, pin_threads, write_result
 from progrpo.rewards import build_reward
 from progrpo.tiny_models import tiny_tokenizer
 

@@ -14,8 +14,8 @@ yardstick: it weighs the 84 VAE decodes by their FLOPs, and on the CPU dense VAE
 run at several times the FLOP rate of the small transformer's many small ops (and the JPEG
 reward runs in PIL, outside torch's flop counter), so FLOPs over-predict what pruning costs.
 
-    .venv/bin/python bench/rollout_cost.py            # ~3 min on 2 cores
-    .venv/bin/python bench/rollout_cost.py --quick    # 2 timed rounds, no FLOP counting, ~2.5 min
+    .venv/bin/python -m bench.rollout_cost            # ~3 min on 2 cores
+    .venv/bin/python -m bench.rollout_cost --quick    # 2 timed rounds, no FLOP counting, ~2.5 min
 """
 
 from __future__ import annotations
@@ -23,16 +23,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, pin_threads, write_result  # noqa: E402
-
-from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline  # noqa: E402
-from progrpo.rewards import build_reward  # noqa: E402
-from progrpo.rollout import RolloutConfig, expand_and_prune_rollout  # noqa: E402
-from progrpo.tiny_models import TINY_PIPELINES  # noqa: E402
+from bench._common import interleaved_medians, pin_threads, write_result
+from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
+from progrpo.rewards import build_reward
+from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
+from progrpo.tiny_models import TINY_PIPELINES
 
 logger = logging.getLogger("progrpo.bench")
 

@@ -1,9 +1,9 @@
 """Run every benchmark (each in its own process), then print one table of every ratio with its target.
 
-    .venv/bin/python bench/run_all.py            # full settings, ~20 min on 2 cores
-    .venv/bin/python bench/run_all.py --quick    # fewer repeats/epochs (warm-ups still discarded), < 10 min
-    .venv/bin/python bench/run_all.py --heavy    # also real_size_memory (real-size SD1.5/SDXL on the CPU, 1-2 h)
-    .venv/bin/python bench/run_all.py --gpu      # also gpu_check (needs CUDA; a SKIP row without it)
+    .venv/bin/python -m bench.run_all            # full settings, ~20 min on 2 cores
+    .venv/bin/python -m bench.run_all --quick    # fewer repeats/epochs (warm-ups still discarded), < 10 min
+    .venv/bin/python -m bench.run_all --heavy    # also real_size_memory (real-size SD1.5/SDXL on the CPU, 1-2 h)
+    .venv/bin/python -m bench.run_all --gpu      # also gpu_check (needs CUDA; a SKIP row without it)
 
 Every speed figure is a ratio of runs interleaved in one process at 1 torch thread (see each
 script's docstring); absolute times are context only. Writes ``bench/results/summary.json``.
@@ -18,11 +18,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from _common import RESULTS, write_result
+from bench._common import RESULTS, write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -136,7 +133,7 @@ def main() -> None:
     seconds: dict[str, float] = {}
     errors: dict[str, str] = {}
     for name in args.only or (*BENCHMARKS, *extra):
-        command = [sys.executable, str(BENCH / f"{name}.py"), *(["--quick"] if args.quick else [])]
+        command = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else [])]
         logger.info("== %s", " ".join(command[1:]))
         began = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

@@ -8,7 +8,7 @@ iteration's peak RSS must stay flat as the group grows, since only one chunk's /
 activations live at a time (the stored trajectories grow, by ~100 KB per trajectory here): PASS
 when the largest group's peak RSS is within 20% of the smallest's (``--tolerance``).
 
-    .venv/bin/python bench/train_step.py          # ~1.5 min on 2 cores
+    .venv/bin/python -m bench.train_step          # ~1.5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import pin_threads, write_result
+from bench._common import pin_threads, write_result
 
 logger = logging.getLogger("progrpo.bench")
 
@@ -96,7 +95,7 @@ def main() -> None:
     rows = []
     for group_size in args.group_sizes:
         child = subprocess.run(
-            [sys.executable, __file__, "--child", str(group_size), "--model", args.model, "--size", str(args.size),
+            [sys.executable, "-m", __spec__.name, "--child", str(group_size), "--model", args.model, "--size", str(args.size),
              "--micro-batch-rows", str(args.micro_batch_rows)],
             capture_output=True, text=True, env=env, check=True,
         )

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh test
-bash scripts/install_comfyui.sh  # ComfyUI 0.3.75 for tests/nodes (first run: ~2 min, +4.9 GB; then instant)
+bash scripts/install_comfyui.sh  # ComfyUI 0.3.75 for tests/in_comfyui (first run: ~2 min, +4.9 GB; then instant)
 bash scripts/install_browser.sh  # Chromium + playwright-core for the graph-editor tests (first run: ~1 min)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # One single-threaded worker per core (PROGRPO_TEST_WORKERS overrides); a test file stays in one worker, so its

@@ -1,8 +1,12 @@
 """Train the models shipped in ``progrpo/embedded`` and record their metrics (deterministic, CPU).
 
-    python scripts/train_embedded.py                      # classifier, flow and ddim (~5 min)
-    python scripts/train_embedded.py --models classifier flow
-    python scripts/train_embedded.py --models flow --eval-every 50 --out runs/explore   # pick a checkpoint
+    python -m scripts.train_embedded                      # classifier, flow and ddim (~5 min)
+    python -m scripts.train_embedded --models classifier flow
+    python -m scripts.train_embedded --models flow --eval-every 50 --out runs/explore   # pick a checkpoint
+
+(from the repo root, so this checkout's ``progrpo`` is the one trained and written; ``python
+scripts/train_embedded.py`` does the same where ``progrpo`` is installed from this checkout, as
+``pip install -e .`` by scripts/setup_venv.sh does).
 
 Data: scikit-learn's ``load_digits`` (1797 8x8 images, bundled, no download), upscaled
 bilinearly to 16x16, with the fixed split of :func:`progrpo.embedded.classifier.digits_split`
@@ -38,9 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from progrpo.embedded import (
     DEFAULT_SAMPLING,
     DIGIT_PROMPTS,
@@ -59,6 +60,7 @@ from progrpo.embedded.classifier import (
 )
 from progrpo.tiny_models import word_level_tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 #: the generators' word-level vocabulary (after the 4 specials).
 VOCABULARY = ["a", "handwritten", "digit", "number", "of", "the", *DIGIT_WORDS, *"0123456789"]

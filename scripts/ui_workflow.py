@@ -7,7 +7,7 @@ widget values, laid out left to right by graph depth, plus a Note node holding
 ``workflows/notes/NAME.md``. Widget values are stored by position, in the order the server's
 ``/object_info`` lists the inputs (a seed with control_after_generate adds "fixed" after it), so the
 script asks a running ComfyUI with this extension (``scripts/start_comfyui.sh``) for the node
-definitions. ``tests/nodes`` and the browser tests check that both twins describe the same graph.
+definitions. ``tests/in_comfyui`` and the browser tests check that both twins describe the same graph.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
-from gaussian_denoiser import GaussianDenoiser
 
 from progrpo.dynamics import DYNAMICS, gaussian_kl_same_std, gaussian_log_prob, policy_step
 from progrpo.errors import ProGRPOConfigError
 from progrpo.schedule import schedule_from_scheduler
+from testkit.gaussian_denoiser import GaussianDenoiser
 
 FLOW_DYNAMICS = [name for name, spec in DYNAMICS.items() if "flow" in spec.schedule_kinds]
 VP_DYNAMICS = [name for name, spec in DYNAMICS.items() if "vp" in spec.schedule_kinds]

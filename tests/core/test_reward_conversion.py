@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_rewards import (
+
+from progrpo.rewards import build_reward, clear_model_cache
+from progrpo.rewards.convert import convert_reward
+from progrpo.rewards.reward_folder import read_reward_config
+from testkit.reference_rewards import (
     PROMPTS,
     TINY_OPEN_CLIP,
     has_imagereward,
@@ -24,10 +28,6 @@ from reference_rewards import (
     write_bert_processor,
     write_clip_processor,
 )
-
-from progrpo.rewards import build_reward, clear_model_cache
-from progrpo.rewards.convert import convert_reward
-from progrpo.rewards.reward_folder import read_reward_config
 
 pytest.importorskip("open_clip", reason="test-only reference: pip install open-clip-torch (README Dependencies)")
 TOLERANCE = 1e-4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gaussian_denoiser import GaussianDenoiser
 
 from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
 from progrpo.diagnostics import clustering_fraction, preview_final_correlation, spearman
@@ -13,6 +12,7 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.rewards import build_reward
 from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 from progrpo.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
+from testkit.gaussian_denoiser import GaussianDenoiser
 
 PROMPTS = ["a red cat", "a blue car", "a thick seven"]
 

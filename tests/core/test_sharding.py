@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gaussian_denoiser import GaussianDenoiser
 
 from progrpo.errors import ProGRPOConfigError
 from progrpo.rewards import build_reward
 from progrpo.rollout import RolloutConfig, RowShard, expand_and_prune_rollout
 from progrpo.train.distributed import DistributedContext
+from testkit.gaussian_denoiser import GaussianDenoiser
 
 PROMPTS = ["a red cat", "a blue car", "a thick seven", "a dog"]
 

@@ -15,8 +15,9 @@ import copy
 import time
 
 import pytest
-from comfy_graphs import LOADER, alive, expanded_sampler, rss_kib, sampling, train_loop
-from comfy_harness import requires_comfyui
+
+from testkit.comfy_graphs import LOADER, alive, expanded_sampler, rss_kib, sampling, train_loop
+from testkit.comfy_harness import requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

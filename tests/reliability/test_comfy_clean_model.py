@@ -11,7 +11,8 @@ trained MODEL's samples differ.
 from __future__ import annotations
 
 import pytest
-from comfy_graphs import (
+
+from testkit.comfy_graphs import (
     cached_nodes,
     execution_error,
     expanded_sampler,
@@ -24,7 +25,7 @@ from comfy_graphs import (
     view,
     wait_for,
 )
-from comfy_harness import requires_comfyui
+from testkit.comfy_harness import requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

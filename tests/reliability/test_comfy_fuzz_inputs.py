@@ -20,10 +20,11 @@ import math
 import os
 
 import pytest
-from comfy_graphs import LOADER, alive, execution_error, expanded_sampler, reward, train_loop
-from comfy_harness import requires_comfyui
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+from testkit.comfy_graphs import LOADER, alive, execution_error, expanded_sampler, reward, train_loop
+from testkit.comfy_harness import requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_setup import assert_same_tensors, digits_config, lora_of, records, temp_entries
 
 from progrpo.train import Trainer
 from progrpo.train.checkpoint import resolve_checkpoint
 from progrpo.train.config import save_config
+from testkit.training_setup import assert_same_tensors, digits_config, lora_of, records, temp_entries
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_setup import (
+
+from progrpo.errors import ProGRPONonFiniteError
+from progrpo.rewards import build_rewards
+from progrpo.train import Trainer
+from progrpo.train.trainer import load_model
+from testkit.training_setup import (
     CALLS_PER_ITERATION,
     assert_same_tensors,
     digits_config,
@@ -17,11 +22,6 @@ from training_setup import (
     register_scripted,
     scripted_rewards,
 )
-
-from progrpo.errors import ProGRPONonFiniteError
-from progrpo.rewards import build_rewards
-from progrpo.train import Trainer
-from progrpo.train.trainer import load_model
 
 pytestmark = pytest.mark.slow  # real training runs of a few seconds each
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_setup import CALLS_PER_ITERATION, digits_config, records, register_scripted, scripted_rewards
 
 from progrpo.errors import ProGRPORewardError, ProGRPOTrainingError
 from progrpo.rewards import build_rewards
 from progrpo.train import Trainer
+from testkit.training_setup import CALLS_PER_ITERATION, digits_config, records, register_scripted, scripted_rewards
 
 pytestmark = pytest.mark.slow  # real training runs of a few seconds each
 

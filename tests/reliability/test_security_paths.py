@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from comfy_graphs import LOADER, execution_error, rejected_inputs, reward, run, train_loop
-from comfy_harness import requires_comfyui
+
+from testkit.comfy_graphs import LOADER, execution_error, rejected_inputs, reward, run, train_loop
+from testkit.comfy_harness import requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 NUL = "bad\x00name"

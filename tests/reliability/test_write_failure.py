@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_setup import digits_config, lora_of, temp_entries, tree_hashes
 
 import progrpo.atomic
 import progrpo.train.checkpoint as checkpoint_module
 from progrpo.errors import ProGRPOCheckpointError
 from progrpo.train import Trainer
+from testkit.training_setup import digits_config, lora_of, temp_entries, tree_hashes
 
 
 def _run_until_the_third_checkpoint_fails(tmp_path: Path, before_third) -> tuple[ProGRPOCheckpointError, dict]:

@@ -1,6 +1,6 @@
 """The paper-table bench: its statistics by hand, and its smoke run end to end with exact ledger counts.
 
-``bench/paper_table.py --smoke`` trains every arm for 2 iterations x 2 seeds on the embedded digits
+``python -m bench.paper_table --smoke`` trains every arm for 2 iterations x 2 seeds on the embedded digits
 flow model and writes the Markdown table, the JSON and the curves PNG. The per-iteration counts are
 exact: with P prompts, T steps and a group ``n_t`` strong at step t, an iteration runs
 ``P * sum_t n_t`` trajectory-steps; each checkpoint previews (decodes and scores) every live
@@ -11,7 +11,6 @@ are backpropagated (the last flow step is not trained), split over 2 minibatches
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -38,10 +37,9 @@ FUNNELS = {
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("paper_table_bench", ROOT / "bench" / "paper_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench import paper_table
+
+    return paper_table
 
 
 def expected_counts(group: int, checkpoints: list[tuple[int, int]], final_keep: int | None) -> dict[str, int]:
@@ -91,7 +89,7 @@ def test_statistics_by_hand() -> None:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("paper_table")
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "paper_table.py"), "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench.paper_table", "--smoke", "--out", str(out)],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]

@@ -320,11 +320,7 @@ def test_minibatch_partition_is_independent_of_the_number_of_processes():
 def test_timestep_rule_first_drops_the_last_flow_step():
     """Flow schedule, 5 steps, all stochastic: candidates 0..3 (step 4, sigma -> 0, is dropped);
     ``first`` trains int(4 * fraction) of them from the start, ``random`` its own subset per survivor."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-    from gaussian_denoiser import GaussianDenoiser
+    from testkit.gaussian_denoiser import GaussianDenoiser
 
     denoiser = GaussianDenoiser(torch.zeros(3), torch.eye(3))
     config = RolloutConfig(group_size=3, num_steps=5, dynamics="flow_sde", keep_images=False)
@@ -365,10 +361,6 @@ def test_kl_forms_against_hand_values():
 
 def test_kl_form_scales_the_update_kl_by_dt():
     """On a flow SDE, the update's KL in Flow-GRPO's form is the exact one times each pair's |dt|."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
     from progrpo.train.update import _kl_dt
 
     schedule_coeffs = type("C", (), {"sigma": torch.tensor([1.0, 0.6]), "sigma_next": torch.tensor([0.6, 0.0])})()
@@ -426,8 +418,8 @@ def test_non_finite_second_step_undoes_the_whole_update(setup):
 
 def test_a_rank_without_pairs_in_a_minibatch_reports_the_same_metric_keys(setup):
     """Ranks all-reduce the metric values as one list: an empty minibatch must give the same keys."""
-    from progrpo.train.update import TrainingPairs, _one_step
     from progrpo.train.distributed import SINGLE_PROCESS
+    from progrpo.train.update import TrainingPairs, _one_step
 
     denoiser, params, _, _, rollout, advantages = setup
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())

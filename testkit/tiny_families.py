@@ -85,7 +85,8 @@ def save_tiny_unet(path: Path, config_class: str, unet_config: dict, seed: int, 
     import comfy.model_detection
     import comfy.supported_models
     import safetensors.torch
-    from tiny_stock_models import _randomised
+
+    from testkit.tiny_stock_models import _randomised
 
     if path.exists():
         return
@@ -131,8 +132,8 @@ def install_detection_shim() -> None:
 
 def all_families() -> dict[str, TinyFamily]:
     """Every family, in the README table's order (imports the writers lazily: they import ComfyUI)."""
-    from tiny_families_a import FAMILIES_A
-    from tiny_families_b import FAMILIES_B
+    from testkit.tiny_families_a import FAMILIES_A
+    from testkit.tiny_families_b import FAMILIES_B
 
     return {**FAMILIES_A, **FAMILIES_B}
 

@@ -8,15 +8,11 @@ at the end of the session.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from comfy_harness import ComfyServer
+from testkit.comfy_harness import ComfyServer
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +24,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServ
 @pytest.fixture(scope="module")
 def tiny_models_server(comfy_server: ComfyServer) -> Iterator[ComfyServer]:
     """The session server with the tiny stock-loadable models (tiny_stock_models) in its models folder."""
-    from tiny_stock_models import write_tiny_stock_models
+    from testkit.tiny_stock_models import write_tiny_stock_models
 
     write_tiny_stock_models(comfy_server.models)
     yield comfy_server

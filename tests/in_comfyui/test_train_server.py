@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 import torch
-from comfy_harness import REPO, requires_comfyui
-from tiny_stock_models import write_tiny_stock_models
+
+from testkit.comfy_harness import REPO, requires_comfyui
+from testkit.tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

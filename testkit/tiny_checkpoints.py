@@ -25,8 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from comfy_harness import import_comfy
-from tiny_stock_models import CLIP_FILE, UNET_FILE, _randomised, write_tiny_stock_models
+
+from testkit.comfy_harness import import_comfy
+from testkit.tiny_stock_models import CLIP_FILE, UNET_FILE, _randomised, write_tiny_stock_models
 
 SD15_CHECKPOINT = "tiny_sd15_checkpoint.safetensors"
 SD3_CHECKPOINT = "tiny_sd3_checkpoint.safetensors"

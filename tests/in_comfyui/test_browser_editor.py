@@ -21,8 +21,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from comfy_harness import REPO, requires_comfyui
-from tiny_stock_models import write_tiny_stock_models
+
+from testkit.comfy_harness import REPO, requires_comfyui
+from testkit.tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
@@ -80,7 +81,7 @@ def editor(comfy_server):
     write_tiny_stock_models(comfy_server.models)
     stand_ins = _template_model_files(comfy_server.models)
     try:
-        from tiny_checkpoints import write_tiny_checkpoints
+        from testkit.tiny_checkpoints import write_tiny_checkpoints
 
         write_tiny_checkpoints(comfy_server.models)
         settings = comfy_server.base / "user" / "default" / "comfy.settings.json"

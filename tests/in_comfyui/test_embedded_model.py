@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfy_harness import load_extension_nodes, requires_comfyui
+
+from testkit.comfy_harness import load_extension_nodes, requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
@@ -64,9 +65,10 @@ def test_stock_clip_text_encode_equals_the_pipeline_encoding(embedded, stock):
 @pytest.mark.parametrize("name", ["digits_flow", "digits_ddim"])
 def test_comfy_model_matches_the_diffusers_backend(embedded, stock, name):
     """Same x0 and log-probs as progrpo's diffusers backend on the same sigmas, rows and guidance."""
+    from progrpo_comfy_nodes.comfy_backend import ComfyDenoiser
+
     from progrpo.denoisers.loading import load_denoiser
     from progrpo.dynamics import policy_step
-    from progrpo_comfy_nodes.comfy_backend import ComfyDenoiser
 
     diffusers = load_denoiser(f"embedded:{name}")
     flow = name == "digits_flow"

@@ -9,8 +9,9 @@ import time
 
 import pytest
 import torch
-from comfy_harness import REPO, requires_comfyui
-from tiny_checkpoints import write_tiny_checkpoints
+
+from testkit.comfy_harness import REPO, requires_comfyui
+from testkit.tiny_checkpoints import write_tiny_checkpoints
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

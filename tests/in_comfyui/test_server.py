@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from comfy_harness import PACK_NAME, requires_comfyui
+
+from testkit.comfy_harness import PACK_NAME, requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

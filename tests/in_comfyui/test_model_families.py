@@ -11,7 +11,8 @@ import importlib
 
 import pytest
 import torch
-from comfy_harness import load_extension_nodes, requires_comfyui
+
+from testkit.comfy_harness import load_extension_nodes, requires_comfyui
 
 pytestmark = [requires_comfyui]
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_harness import ComfyServer, requires_comfyui
-from tiny_families import all_families
-from tiny_stock_models import CLIP_FILE, UNET_FILE, write_tiny_stock_models
+
+from testkit.comfy_harness import TEST_PACK, ComfyServer, requires_comfyui
+from testkit.tiny_families import all_families
+from testkit.tiny_stock_models import CLIP_FILE, UNET_FILE, write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
-TEST_PACK = Path(__file__).resolve().parent / "comfy_test_pack"
 MMDIT_FAMILY = all_families()["sd35-medium"]
 TRAIN = {"group_size": 2, "steps": 2, "dynamics": "ddim", "noise_level": -1.0, "cfg": 1.0, "iterations": 1,
          "lr": 1e-2, "rank": 2, "alpha": 2.0, "checkpoint_every": 1, "resume": False, "seed": 0,

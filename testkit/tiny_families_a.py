@@ -30,10 +30,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from comfy_harness import import_comfy
-from tiny_families import TinyFamily, save_tiny_unet, text_tensor
-from tiny_stock_models import SD15_UNET_CONFIG, _randomised
-from tiny_stock_models import UNET_FILE as SD15_UNET_FILE
+
+from testkit.comfy_harness import import_comfy
+from testkit.tiny_families import TinyFamily, save_tiny_unet, text_tensor
+from testkit.tiny_stock_models import SD15_UNET_CONFIG, _randomised
+from testkit.tiny_stock_models import UNET_FILE as SD15_UNET_FILE
 
 DTYPE = torch.float16
 TOKENS = 12  # tokens of the synthetic conditioning

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from comfy_harness import import_comfy
+
+from testkit.comfy_harness import import_comfy
 
 UNET_FILE = "tiny_sd15_unet.safetensors"
 CLIP_FILE = "tiny_clip_l.safetensors"

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from comfy_harness import REPO, requires_comfyui
-from tiny_families import TEMPLATES
-from tiny_stock_models import write_tiny_stock_models
+
+from testkit.comfy_harness import REPO, requires_comfyui
+from testkit.tiny_families import TEMPLATES
+from testkit.tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
@@ -49,7 +50,7 @@ def server(comfy_server):
 
 def _tiny_checkpoints_writer():
     try:
-        from tiny_checkpoints import write_tiny_checkpoints
+        from testkit.tiny_checkpoints import write_tiny_checkpoints
     except ImportError:
         return None
     return write_tiny_checkpoints

@@ -11,7 +11,8 @@ import dataclasses
 
 import pytest
 import torch
-from comfy_harness import comfy_model_from_diffusers_unet, load_extension_nodes, requires_comfyui
+
+from testkit.comfy_harness import comfy_model_from_diffusers_unet, load_extension_nodes, requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

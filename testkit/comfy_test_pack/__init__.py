@@ -1,5 +1,7 @@
 """A test-only ComfyUI node pack (never shipped; the tests link it into a test server's custom_nodes).
 
+The server imports ``testkit`` from this repo: ``ComfyServer.start`` puts the repo on its PYTHONPATH.
+
 It makes a CPU server behave, where it matters for training, like a GPU one, and injects faults:
 
 * ``PROGRPO_TEST_FP8_COMPUTE=1`` in the server's environment makes ComfyUI believe the device
@@ -13,7 +15,7 @@ It makes a CPU server behave, where it matters for training, like a GPU one, and
   ``tiny_families.install_detection_shim`` (files without its metadata load unchanged);
 * ``ProGRPOTestFamilyCheckpoint`` stands in for Load Checkpoint (MODEL, CLIP-like encoder, VAE of a family);
 * ``ProGRPOTestFamilyConditioning`` / ``ProGRPOTestFamilyClip`` give a family's CONDITIONING / a CLIP-like
-  encoder of it for the tiny family models (``tests/nodes/tiny_families.py``: their text encoders are
+  encoder of it for the tiny family models (``testkit/tiny_families.py``: their text encoders are
   gigabytes); ``ProGRPOTestGuidanceProbe`` returns a MODEL that records the guidance values its
   diffusion model receives, and ``ProGRPOTestGuidanceReport`` reports them.
 """
@@ -22,14 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.sd
 import torch
 from comfy_api.latest import ComfyExtension, io
+
+from testkit.tiny_families import FamilyClip, all_families, install_detection_shim
 
 if os.environ.get("PROGRPO_TEST_FP8_COMPUTE") == "1":
     comfy.model_management.supports_fp8_compute = lambda device=None: True
@@ -72,9 +74,6 @@ class ProGRPOTestModelReport(io.ComfyNode):
         return io.NodeOutput(json.dumps(report), ui={"text": [json.dumps(report)]})
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/nodes: the tiny family files
-from tiny_families import all_families, install_detection_shim
-
 install_detection_shim()  # narrow files of width-pinned families (tiny_families module doc)
 
 
@@ -102,8 +101,6 @@ class ProGRPOTestFamilyClip(io.ComfyNode):
 
     @classmethod
     def execute(cls, family) -> io.NodeOutput:
-        from tiny_families import FamilyClip
-
         return io.NodeOutput(FamilyClip(_family(family)))
 
 
@@ -119,7 +116,6 @@ class ProGRPOTestFamilyCheckpoint(io.ComfyNode):
     @classmethod
     def execute(cls, family) -> io.NodeOutput:
         import folder_paths
-        from tiny_families import FamilyClip
 
         import nodes
 

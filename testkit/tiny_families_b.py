@@ -33,9 +33,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from comfy_harness import import_comfy
-from tiny_families import TinyFamily, save_tiny_unet, text_tensor
-from tiny_families_a import _save_taesd
+
+from testkit.comfy_harness import import_comfy
+from testkit.tiny_families import TinyFamily, save_tiny_unet, text_tensor
+from testkit.tiny_families_a import _save_taesd
 
 DTYPE = torch.float16
 TOKENS = 12  # text tokens of the tiny conditioning

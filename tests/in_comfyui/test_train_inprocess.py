@@ -15,8 +15,9 @@ import logging
 
 import pytest
 import torch
-from comfy_harness import load_extension_nodes, requires_comfyui
-from tiny_stock_models import UNET_FILE, write_tiny_stock_models
+
+from testkit.comfy_harness import load_extension_nodes, requires_comfyui
+from testkit.tiny_stock_models import UNET_FILE, write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_harness import REPO, requires_comfyui
-from reference_rewards import (
+
+from testkit.comfy_harness import REPO, requires_comfyui
+from testkit.reference_rewards import (
     TINY_OPEN_CLIP,
     has_imagereward,
     tiny_imagereward,
@@ -20,7 +21,7 @@ from reference_rewards import (
     write_bert_processor,
     write_clip_processor,
 )
-from tiny_stock_models import write_tiny_stock_models
+from testkit.tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

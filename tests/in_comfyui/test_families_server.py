@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_harness import REPO, ComfyServer, import_comfy, requires_comfyui
-from tiny_families import TEMPLATES
+
+from testkit.comfy_harness import REPO, TEST_PACK, ComfyServer, import_comfy, requires_comfyui
+from testkit.tiny_families import TEMPLATES
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
-TEST_PACK = Path(__file__).resolve().parent / "comfy_test_pack"
 #: expected LoRA layer names (substrings of the saved keys) that the attention preset must train, per family
 PRESET_LAYERS = {
     "sd15": ["attn1_to_q", "attn2_to_out_0"],
@@ -54,7 +54,7 @@ PRESET_LAYERS = {
 
 
 def _families() -> dict:
-    from tiny_families import all_families
+    from testkit.tiny_families import all_families
 
     return all_families()
 

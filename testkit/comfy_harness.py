@@ -1,7 +1,8 @@
-"""Helpers of the ComfyUI test tier: the installed ComfyUI, in-process imports, a real server, tiny models.
+"""The installed ComfyUI for tests and benchmarks: in-process imports, a real server, the test node pack.
 
 ComfyUI is installed by ``scripts/install_comfyui.sh`` into ``.comfyui/ComfyUI`` (``scripts/test.sh``
 runs it first). This module never imports ComfyUI at import time, so collection works without it.
+:func:`import_comfy` is the one place that puts ComfyUI's folder on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import Any
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+from scripts.comfy_demo import stop_server
 
-from comfy_demo import stop_server  # noqa: E402  (a script, not a package)
-
+REPO = Path(__file__).resolve().parents[1]
 COMFYUI = REPO / ".comfyui" / "ComfyUI"
 PACK_NAME = "comfyui-progrpo"
+#: the test-only node pack (fault injection, tiny families); link it with ``ComfyServer.start(extra_custom_nodes=...)``
+TEST_PACK = Path(__file__).resolve().parent / "comfy_test_pack"
 
 requires_comfyui = pytest.mark.skipif(
     not (COMFYUI / "main.py").is_file(),
@@ -40,19 +41,21 @@ requires_comfyui = pytest.mark.skipif(
 
 # --- in-process ComfyUI -------------------------------------------------------------------------
 
-def import_comfy() -> None:
-    """Make ``comfy.*`` importable in this process, on the CPU (idempotent).
+def import_comfy(cpu: bool = True) -> None:
+    """Make ``comfy.*`` importable in this process, on the CPU unless ``cpu=False`` (idempotent).
 
     ComfyUI's folder goes *first* on sys.path: it has a top-level module ``nodes`` (and ``utils``)
-    that must win over this repo's ``nodes/`` package, which ``python -m pytest`` puts on the path.
-    ``args.cpu`` must be set before ``comfy.model_management`` is imported, or it probes for CUDA.
+    that must win over this repo's ``nodes/`` package, which pytest's ``pythonpath`` and ``python -m``
+    put on the path. ``args.cpu`` must be set before ``comfy.model_management`` is imported, or it
+    probes for CUDA (which ``cpu=False`` wants: bench/gpu_check.py).
     """
     if str(COMFYUI) not in sys.path:
         sys.path.insert(0, str(COMFYUI))
-    from comfy.cli_args import args
+    if cpu:
+        from comfy.cli_args import args
 
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (initialises the device with args.cpu)
+        args.cpu = True
+    import comfy.model_management  # noqa: F401  (initialises the device, with args.cpu when asked)
 
 
 def load_extension_nodes() -> ModuleType:
@@ -151,6 +154,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _server_environment(extra: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment plus ``extra``, with this repo last on PYTHONPATH.
+
+    The test node pack imports ``testkit`` inside the server; ComfyUI's folder (the server's script
+    folder) stays first, so its ``nodes`` module still wins over this repo's ``nodes/``.
+    """
+    environment = {**os.environ, **(extra or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [environment.get("PYTHONPATH"), str(REPO)]))
+    return environment
+
+
 @dataclass
 class ComfyServer:
     """A ComfyUI server started by scripts/start_comfyui.sh on a temporary base directory."""
@@ -189,7 +203,7 @@ class ComfyServer:
             ["bash", str(REPO / "scripts" / "start_comfyui.sh"), "--port", str(port), "--base-directory", str(base),
              *(["--", *extra_args] if extra_args else [])],
             capture_output=True, text=True, timeout=timeout, check=False,
-            env={**os.environ, **(env or {}), "COMFYUI_START_TIMEOUT": str(int(timeout))},
+            env={**_server_environment(env), "COMFYUI_START_TIMEOUT": str(int(timeout))},
         )
         pid_file = base / f"comfyui-{port}.pid"
         if result.returncode != 0:

@@ -13,9 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from comfy_harness import REPO, free_port, requires_comfyui
 
-pytestmark = [pytest.mark.slow, requires_comfyui]
+from testkit.comfy_harness import REPO, free_port, requires_comfyui
+
+pytestmark = [pytest.mark.slow, pytest.mark.comfy_server, requires_comfyui]
 
 
 def test_main_job_script_runs_the_demo_workflow_through_comfyui(tmp_path):

@@ -6,7 +6,8 @@ import copy
 import json
 
 import pytest
-from comfy_harness import REPO, requires_comfyui
+
+from testkit.comfy_harness import REPO, requires_comfyui
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from comfy_harness import requires_comfyui
 from PIL import Image
-from tiny_stock_models import CLIP_FILE, UNET_FILE, VAE_NAME
+
+from testkit.comfy_harness import requires_comfyui
+from testkit.tiny_stock_models import CLIP_FILE, UNET_FILE, VAE_NAME
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from comfy_harness import COMFYUI, REPO, requires_comfyui
-from tiny_stock_models import write_tiny_stock_models
+
+from testkit.comfy_harness import COMFYUI, REPO, requires_comfyui
+from testkit.tiny_stock_models import write_tiny_stock_models
 
 pytestmark = [pytest.mark.slow, requires_comfyui]
 
