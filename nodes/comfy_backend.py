@@ -22,7 +22,7 @@ space, i.e. after ``process_latent_in``):
 
 Precision: the flow velocity is recovered from ComfyUI's fp32 x0, so it carries x0's rounding
 times 1/s (about 4e-4 at s = 0.001); the Euler/SDE step ``x + dt * v`` is unaffected (dt ~ s), and
-log-probs agree with diffusers to 2e-5 there (tests/nodes/test_comfy_backend.py).
+log-probs agree with diffusers to 2e-5 there (tests/in_comfyui/test_comfy_backend.py).
 
 ``Schedule.timesteps`` hold ComfyUI sigmas (what ``predict`` passes to the model). Rollouts
 start from N(0, I), which is ComfyUI's start when the first sigma is the model's sigma_max

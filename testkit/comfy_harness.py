@@ -73,7 +73,7 @@ def load_extension_nodes() -> ModuleType:
 
 
 def comfy_unet_config(config: Any) -> dict[str, Any]:
-    """ComfyUI ``UNetModel`` config of a diffusers ``UNet2DConditionModel`` config (comfy_flow_models.md §4).
+    """ComfyUI ``UNetModel`` config of a diffusers ``UNet2DConditionModel`` config (the diffusers -> ComfyUI UNet key and config mapping).
 
     Raises ValueError for what ComfyUI's UNet cannot express (non-integer channel multiples,
     per-level head counts that are neither constant in count nor in width, GroupNorm != 32).

@@ -3,7 +3,7 @@ released file layouts, for the convert-reward tests (no download: every model an
 built here).
 
 * HPSv2.1 / aesthetic backbone: ``open_clip.model.CLIP`` (open-clip-torch), the real CLIP BPE
-  shipped inside open_clip turned into ``vocab.json`` + ``merges.txt`` (research/models.md §1 A);
+  shipped inside open_clip turned into ``vocab.json`` + ``merges.txt`` (the released HPSv2.1 tokenizer layout);
 * PickScore: transformers ``CLIPModel`` + ``CLIPProcessor`` (PickScore's README scores with them);
 * ImageReward: the ``image-reward`` package's own ``VisionTransformer``, ``BertModel`` (med.py),
   ``MLP`` and ``ImageReward.score`` code, imported module by module (its package ``__init__``

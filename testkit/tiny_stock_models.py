@@ -1,4 +1,4 @@
-"""Tiny random model files that ComfyUI's *stock* loaders accept (research/comfyui.md section 8b).
+"""Tiny random model files that ComfyUI's *stock* loaders accept (UNETLoader, VAELoader, CLIPLoader).
 
 * ``diffusion_models/tiny_sd15_unet.safetensors``: an SD1.5-detected UNet (detection needs
   model_channels 320 and context_dim 768; one level, one res block keeps it at ~45 MB fp16),

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from runtime_venv import create_runtime_venv, requirement_lines
+from testkit.runtime_venv import create_runtime_venv, requirement_lines
 
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
 REPO = Path(__file__).resolve().parents[2]

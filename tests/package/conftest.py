@@ -1,8 +1,0 @@
-"""The package tier: what a user's ComfyUI installs (requirements) and what the Registry publishes (archive)."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
