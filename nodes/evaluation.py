@@ -20,9 +20,10 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, stack_vertically, text_table
 
-from .expanded_sampler import RewardType
-from .prompt_grid import GridSampling, check_grid_sampling, grid_sampling_inputs, prompt_lines
+from .prompt_grid import GridSampling, prompt_lines
 from .rewards import reward_name
+from .sampling_inputs import check_grid_sampling, grid_sampling_inputs
+from .sockets import RewardType
 
 REWARD_INPUTS = ("reward_1", "reward_2", "reward_3", "reward_4")
 MODELS = ("before", "after")
