@@ -2,8 +2,9 @@
 
 ComfyUI's k-diffusion samplers see the model as ``denoised = model(x, sigma)`` in its own state
 (``x0 + s eps`` for eps/v models, ``(1 - s) x0 + s eps`` for flow models). Each step maps the
-state into progrpo's coordinates with the same mapping as :class:`~.comfy_backend.ComfyDenoiser`
-(``schedule_from_sigmas``), takes :func:`progrpo.dynamics.policy_step` and maps back. With
+state into progrpo's coordinates with the functions :class:`~.comfy_backend.ComfyDenoiser` uses
+(:mod:`progrpo.denoisers.base`'s k-diffusion ones, ``schedule_from_sigmas``), takes
+:func:`progrpo.dynamics.policy_step` and maps back. With
 ``ode`` this is ComfyUI's Euler sampler, step for step.
 """
 
