@@ -61,7 +61,8 @@ def _score(reward: Any, input_name: str, images: torch.Tensor, texts: list[str])
         scores = torch.as_tensor(reward.score(images.movedim(-1, 1).float(), texts)).float().reshape(-1).cpu()
     except ProGRPOConfigError as error:
         raise ProGRPOConfigError(f"{input_name}: reward '{reward_name(reward, input_name)}' cannot score the samples "
-                                 f"of these prompts (check it suits the prompts input): {error}") from None
+                                 f"of these prompts (check it suits the prompts input): {error}",
+                                 field=error.field) from None
     if scores.shape[0] != len(texts):
         raise ProGRPOConfigError(f"{input_name}: the reward gave {scores.shape[0]} scores for {len(texts)} images.")
     if not torch.isfinite(scores).all():

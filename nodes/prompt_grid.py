@@ -37,7 +37,8 @@ def _score(reward: Any, images: torch.Tensor, text: str) -> torch.Tensor:
     try:
         return reward.score(images, [text] * len(images)).float().cpu()
     except ProGRPOConfigError as error:
-        raise ProGRPOConfigError(f"prompts: the reward cannot score the line {text!r:.80}: {error}") from None
+        raise ProGRPOConfigError(f"prompts: the reward cannot score the line {text!r:.80}: {error}",
+                                 field=error.field) from None
 
 
 def _encode(clip: Any, text: str) -> list:
