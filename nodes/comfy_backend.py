@@ -43,7 +43,13 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from progrpo.denoisers.base import Conditioning, guidance_branches, row_timesteps
+from progrpo.denoisers.base import (
+    Conditioning,
+    guidance_branches,
+    policy_prediction,
+    row_timesteps,
+    to_k_diffusion_state,
+)
 from progrpo.errors import ProGRPOConfigError
 from progrpo.schedule import Schedule, flow_schedule
 
@@ -258,12 +264,9 @@ class ComfyDenoiser:
             conds["negative"] = self.prompts.select(conditioning.negative[ROW_KEY])
         state = sample.float()
         sigma_rows = sigma.reshape(-1, *([1] * (state.ndim - 1)))
-        model_input = state * (1.0 + sigma_rows.square()).sqrt() if self.kind == "vp" else state
+        model_input = to_k_diffusion_state(self.kind, state, sigma_rows)
         denoised = self._denoise(model_input, sigma, conds, float(guidance_scale) if guided else 1.0)
-        denoised = denoised.float().to(state.device)
-        if self.kind == "vp":
-            return denoised
-        return (state - denoised) / sigma_rows
+        return policy_prediction(self.kind, state, denoised.float().to(state.device), sigma_rows)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space latents [B,C,h,w] -> images float32 [B,3,H,W] in [0, 1] (ComfyUI VAE, or pixel space)."""

@@ -20,9 +20,10 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, stack_vertically, text_table
 
-from .expanded_sampler import RewardType
-from .prompt_grid import GridSampling, check_grid_sampling, grid_sampling_inputs, prompt_lines
+from .prompt_grid import GridSampling, prompt_lines
 from .rewards import reward_name
+from .sampling_inputs import check_grid_sampling, grid_sampling_inputs
+from .sockets import RewardType
 
 REWARD_INPUTS = ("reward_1", "reward_2", "reward_3", "reward_4")
 MODELS = ("before", "after")
@@ -60,7 +61,8 @@ def _score(reward: Any, input_name: str, images: torch.Tensor, texts: list[str])
         scores = torch.as_tensor(reward.score(images.movedim(-1, 1).float(), texts)).float().reshape(-1).cpu()
     except ProGRPOConfigError as error:
         raise ProGRPOConfigError(f"{input_name}: reward '{reward_name(reward, input_name)}' cannot score the samples "
-                                 f"of these prompts (check it suits the prompts input): {error}") from None
+                                 f"of these prompts (check it suits the prompts input): {error}",
+                                 field=error.field) from None
     if scores.shape[0] != len(texts):
         raise ProGRPOConfigError(f"{input_name}: the reward gave {scores.shape[0]} scores for {len(texts)} images.")
     if not torch.isfinite(scores).all():

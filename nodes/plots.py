@@ -16,8 +16,8 @@ from progrpo.advantages import group_advantages
 from progrpo.diagnostics import clustering_fraction
 from progrpo.rollout import Rollout
 
-from .expanded_sampler import RolloutType
 from .input_checks import check_numbers
+from .sockets import RolloutType
 
 
 def _figure_to_image(figure) -> torch.Tensor:

@@ -13,7 +13,6 @@ from typing import Any
 
 import comfy.model_management
 import comfy.sample
-import comfy.samplers
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -21,9 +20,8 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, titled_grid
 
-from .expanded_sampler import RewardType
-from .input_checks import check_choices, check_numbers
-from .sampling_inputs import check_image_size, image_size_inputs
+from .sampling_inputs import check_grid_sampling, check_image_size, grid_sampling_inputs
+from .sockets import RewardType
 
 
 def prompt_lines(text: str, input_name: str = "prompts") -> list[str]:
@@ -39,36 +37,12 @@ def _score(reward: Any, images: torch.Tensor, text: str) -> torch.Tensor:
     try:
         return reward.score(images, [text] * len(images)).float().cpu()
     except ProGRPOConfigError as error:
-        raise ProGRPOConfigError(f"prompts: the reward cannot score the line {text!r:.80}: {error}") from None
+        raise ProGRPOConfigError(f"prompts: the reward cannot score the line {text!r:.80}: {error}",
+                                 field=error.field) from None
 
 
 def _encode(clip: Any, text: str) -> list:
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-
-def grid_sampling_inputs() -> list:
-    """samples_per_prompt, width, height, steps, cfg, sampler_name, scheduler, seed, negative_prompt (in this order)."""
-    return [
-        io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
-        *image_size_inputs(),
-        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-        io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance scale (1: no negative branch)."),
-        io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                       tooltip="ComfyUI sampler, as in KSampler."),
-        io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
-                       tooltip="ComfyUI scheduler, as in KSampler."),
-        io.Int.Input("seed", default=0, min=0, max=2**62, control_after_generate=False,
-                     tooltip="Noise seed; every prompt starts from this seed's noise."),
-        io.String.Input("negative_prompt", default="", tooltip="Negative prompt for CFG."),
-    ]
-
-
-def check_grid_sampling(node: type, cfg: float | None, sampler_name: str | None,
-                        scheduler: str | None) -> bool | str:
-    """Queue-time check of :func:`grid_sampling_inputs`' cfg (NaN passes ComfyUI's range check) and combos."""
-    checked = check_numbers(node, cfg=cfg)
-    return check_choices(node, sampler_name=sampler_name, scheduler=scheduler) if checked is True else checked
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.pruning import PruneSchedule
 
-#: socket type carrying a :class:`progrpo.pruning.PruneSchedule`.
-PruneScheduleType = io.Custom("PROGRPO_PRUNE_SCHEDULE")
+from .input_errors import relabeled
+from .sockets import PruneScheduleType
 
 DEFAULT_CHECKPOINTS = "5:24, 7:12"
 
@@ -62,5 +62,5 @@ class ProGRPOPruneSchedule(io.ComfyNode):
         try:
             schedule = PruneSchedule.parse(checkpoints)
         except ProGRPOConfigError as error:
-            raise ProGRPOConfigError(f"checkpoints: {error}") from None
+            raise relabeled(error, input_name="checkpoints") from None
         return io.NodeOutput(schedule)

@@ -21,9 +21,9 @@ from progrpo.rewards import REWARDS, WeightedSum, build_reward
 from progrpo.rewards.reward_folder import read_reward_config
 from progrpo.rewards.runtime import DEFAULT_BATCH_SIZE, PRECISIONS
 
-from .expanded_sampler import RewardType
 from .input_checks import check_choices, check_numbers
 from .paths import resolve_inside
+from .sockets import RewardType, ScoresType
 
 FOLDER = "rewards"
 #: rewards that need a model folder from the rewards models folder.
@@ -35,9 +35,6 @@ REWARD_NAMES = sorted(REWARDS)
 NONE = "(none)"
 #: head files are loaded only as safetensors (a pickled .pt/.pth could run code when unpickled).
 HEAD_EXTENSIONS = {".safetensors"}
-
-#: socket type of a list of scores (float32 tensor [B]).
-ScoresType = io.Custom("PROGRPO_SCORES")
 
 
 def register_rewards_folder() -> None:

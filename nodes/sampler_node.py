@@ -2,8 +2,9 @@
 
 ComfyUI's k-diffusion samplers see the model as ``denoised = model(x, sigma)`` in its own state
 (``x0 + s eps`` for eps/v models, ``(1 - s) x0 + s eps`` for flow models). Each step maps the
-state into progrpo's coordinates with the same mapping as :class:`~.comfy_backend.ComfyDenoiser`
-(``schedule_from_sigmas``), takes :func:`progrpo.dynamics.policy_step` and maps back. With
+state into progrpo's coordinates with the functions :class:`~.comfy_backend.ComfyDenoiser` uses
+(:mod:`progrpo.denoisers.base`'s k-diffusion ones, ``schedule_from_sigmas``), takes
+:func:`progrpo.dynamics.policy_step` and maps back. With
 ``ode`` this is ComfyUI's Euler sampler, step for step.
 """
 
@@ -15,11 +16,13 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from progrpo.denoisers.base import from_k_diffusion_state, policy_prediction, to_k_diffusion_state
 from progrpo.dynamics import DYNAMICS, get_dynamics, policy_step
 from progrpo.errors import ProGRPOConfigError
 
 from .comfy_backend import schedule_from_sigmas, schedule_kind
 from .input_checks import check_choices
+from .input_errors import relabeled
 from .sampling_inputs import check_noise_level
 
 
@@ -32,7 +35,7 @@ def sample_policy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args:
     try:
         spec = get_dynamics(dynamics, kind)
     except ProGRPOConfigError as error:  # only here is the model known: name the node input to change
-        raise ProGRPOConfigError(f"dynamics: {error}") from None
+        raise relabeled(error, input_name="dynamics") from None
     level = spec.default_noise_level if noise_level < 0 else float(noise_level)
     schedule = schedule_from_sigmas(kind, sigmas)
     # the seed ComfyUI passes to samplers: reproducible per queue, independent of the global RNG.
@@ -44,16 +47,12 @@ def sample_policy(model: Any, x: torch.Tensor, sigmas: torch.Tensor, extra_args:
         denoised = model(x, sigma * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        if kind == "vp":  # k-diffusion x0 + s eps -> variance-preserving state; predict x0
-            state = x.float() / torch.sqrt(1.0 + sigma.float() ** 2)
-            output = denoised.float()
-        else:  # flow state as is; predict the velocity
-            state = x.float()
-            output = (state - denoised.float()) / sigma.float()
+        state = from_k_diffusion_state(kind, x.float(), sigma.float())
+        output = policy_prediction(kind, state, denoised.float(), sigma.float())
         noise = torch.randn(state.shape, generator=generator).to(state.device)
         coeffs = schedule.coefficients(torch.full((rows,), i), state.device)
         nxt = policy_step(dynamics, output, state, coeffs, level, noise=noise).next_sample
-        x = (nxt * torch.sqrt(1.0 + sigma_next.float() ** 2) if kind == "vp" else nxt).to(x.dtype)
+        x = to_k_diffusion_state(kind, nxt, sigma_next.float()).to(x.dtype)
     return x
 
 

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import comfy.samplers
 from comfy_api.latest import io
 
 from progrpo.dynamics import DYNAMICS
 from progrpo.errors import ProGRPOConfigError
 
-from .input_checks import number_problem
+from .input_checks import check_choices, check_numbers, number_problem
 from .model_families import AUTO_DYNAMICS
 
 DEFAULT_DYNAMICS = AUTO_DYNAMICS  # flow_sde on flow models, ddim on noise-prediction models
+#: the largest seed any node takes: ComfyUI's own (KSampler's noise_seed), so every seed a saved workflow
+#: holds stays valid; progrpo folds it where its generators need less (``seed % 2**63``).
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def seed_input(tooltip: str, control_after_generate: bool | None = False) -> Any:
+    """The ``seed`` input (0 to :data:`SEED_MAX`); ``control_after_generate`` as each node has always had it."""
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=control_after_generate,
+                        tooltip=tooltip)
+
+
+def scheduler_input() -> Any:
+    """The ``scheduler`` of the nodes that sample through :class:`~.comfy_backend.ComfyDenoiser`."""
+    return io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                          tooltip="ComfyUI scheduler giving the sigmas (as in KSampler).")
 
 
 def sampling_inputs(training: bool) -> list:
@@ -75,3 +91,28 @@ def check_image_size(vae: Any, width: int, height: int) -> int:
                 f"{max(factor, size // factor * factor)}."
             )
     return factor
+
+
+def grid_sampling_inputs() -> list:
+    """samples_per_prompt, width, height, steps, cfg, sampler_name, scheduler, seed, negative_prompt (in this order):
+    the stock-sampler settings of the Prompt Grid and Evaluation nodes."""
+    return [
+        io.Int.Input("samples_per_prompt", default=8, min=1, max=64, tooltip="Images per prompt."),
+        *image_size_inputs(),
+        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+        io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale (1: no negative branch)."),
+        io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                       tooltip="ComfyUI sampler, as in KSampler."),
+        io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                       tooltip="ComfyUI scheduler, as in KSampler."),
+        seed_input("Noise seed; every prompt starts from this seed's noise."),
+        io.String.Input("negative_prompt", default="", tooltip="Negative prompt for CFG."),
+    ]
+
+
+def check_grid_sampling(node: type, cfg: float | None, sampler_name: str | None,
+                        scheduler: str | None) -> bool | str:
+    """Queue-time check of :func:`grid_sampling_inputs`' cfg (NaN passes ComfyUI's range check) and combos."""
+    checked = check_numbers(node, cfg=cfg)
+    return check_choices(node, sampler_name=sampler_name, scheduler=scheduler) if checked is True else checked

@@ -105,3 +105,30 @@ def row_timesteps(timestep: torch.Tensor | float, rows: int, device: torch.devic
 def guidance_branches(guidance_scale: float, conditioning: Conditioning) -> int:
     """Network evaluations per row: 2 when classifier-free guidance runs, else 1."""
     return 2 if (guidance_scale != 1.0 and conditioning.negative is not None) else 1
+
+
+# --- k-diffusion coordinates ----------------------------------------------------------------------
+# k-diffusion samplers (ComfyUI's) hold ``x_k = x0 + s eps`` for eps/v models and ``(1 - s) x0 + s eps``
+# for flow models, and their model returns x0 ("denoised"). The policy state of a "vp" schedule is the
+# variance-preserving ``x = x_k / sqrt(1 + s^2)`` and predicts x0; a "flow" state is x_k itself and
+# predicts the velocity ``(x - x0) / s``. ``sigma`` is k-diffusion's s, broadcastable to the state.
+
+
+def k_diffusion_scale(kind: str, sigma: torch.Tensor) -> torch.Tensor | float:
+    """``x_k / x``: ``sqrt(1 + s^2)`` for a ``"vp"`` schedule, 1 for ``"flow"``."""
+    return (1.0 + sigma.square()).sqrt() if kind == "vp" else 1.0
+
+
+def to_k_diffusion_state(kind: str, state: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Policy state [B, ...] -> k-diffusion state at sigma ``s`` (what ComfyUI's model takes)."""
+    return state * k_diffusion_scale(kind, sigma)
+
+
+def from_k_diffusion_state(kind: str, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """k-diffusion state [B, ...] at sigma ``s`` -> policy state."""
+    return sample / k_diffusion_scale(kind, sigma)
+
+
+def policy_prediction(kind: str, state: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The policy's prediction from k-diffusion's x0 ``denoised``: x0 itself ("vp"), the velocity ("flow")."""
+    return denoised if kind == "vp" else (state - denoised) / sigma

@@ -238,3 +238,20 @@ def test_sampler_node_names_dynamics_that_do_not_fit_the_model(ext, pipe):
     latent = torch.zeros(1, 4, 8, 8)
     with pytest.raises(ProGRPOConfigError, match=r"^dynamics: .*'ddim' or 'cps'"):
         comfy.sample.sample_custom(model, torch.randn(latent.shape), 1.0, sampler, sigmas, positive, negative, latent)
+
+
+def test_config_errors_name_the_node_input_of_their_field(ext):
+    from progrpo.errors import ProGRPOConfigError
+    from progrpo_comfy_nodes.input_errors import relabeled
+
+    loop, sampler = ext.ProGRPOTrainLoop, ext.ProGRPOExpandedSampler
+    steps = relabeled(ProGRPOConfigError("num_steps=0 must be >= 1.", field="rollout.num_steps"), node=loop)
+    assert str(steps) == "steps: num_steps=0 must be >= 1." and steps.field == "rollout.num_steps"
+    assert str(relabeled(ProGRPOConfigError("must be >= 0.", field="rollout.guidance_scale"), node=loop)) == \
+        "cfg: must be >= 0."
+    # the sampler has no height input (the latent gives the size): no prefix
+    assert str(relabeled(ProGRPOConfigError("height=7 is odd.", field="rollout.height"), node=sampler)) == \
+        "height=7 is odd."
+    # an error without a field: the first config field its message names
+    assert str(relabeled(ProGRPOConfigError("lr=-1 must be >= 0."), node=loop)) == "lr: lr=-1 must be >= 0."
+    assert str(relabeled(ProGRPOConfigError("dynamics: no."), input_name="dynamics")) == "dynamics: no."
