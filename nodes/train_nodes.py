@@ -58,7 +58,7 @@ from .model_families import family_of, log_warnings, preset_targets, resolve_dyn
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
 from .prune_schedule import PruneScheduleType
-from .run_identity import default_run_name, identity_fields
+from .run_identity import default_run_name, node_run_identity
 from .sampling_inputs import check_image_size, check_noise_level, guidance_input, image_size_inputs, sampling_inputs
 
 logger = logging.getLogger("progrpo")
@@ -328,8 +328,8 @@ class ProGRPOTrainLoop(io.ComfyNode):
         session = TrainingSession(adapter, options, reward)
         loss_scale = loss_scale_for(session.compute_dtype, denoiser.latent_shape(height, width))
         try:
+            identity = node_run_identity(model, reward, output_dir if resume else None)
             config = TrainConfig(
-                **identity_fields(model, reward, output_dir if resume else None),
                 prompts=prompts, prompts_per_iteration=prompts_per_iteration,
                 iterations=iterations, checkpoint_every=checkpoint_every, keep_last=keep_last, seed=int(seed),
                 eval_every=eval_every,
@@ -350,12 +350,13 @@ class ProGRPOTrainLoop(io.ComfyNode):
         except ProGRPOConfigError as error:
             raise ProGRPOConfigError(f"{_input_named_in(str(error))}{error}") from None
         if output_dir is None:
-            run_name = default_run_name(config)
+            run_name = default_run_name(config, identity)
             output_dir = run_directory(run_name)
             config = dataclasses.replace(config, output_dir=str(output_dir))
         # One process: a ComfyUI server trains on the model it has loaded and never joins a
         # torch.distributed job, whatever WORLD_SIZE its environment holds (multi-GPU: the CLI).
-        trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter, distributed=SINGLE_PROCESS)
+        trainer = Trainer(config, identity=identity, denoiser=denoiser, reward=reward, adapter=adapter,
+                          distributed=SINGLE_PROCESS)
         latest = output_dir / "checkpoints" / "latest"
         resume_from = "latest" if resume and latest.is_file() else None
         denoiser.live = LiveView(iterations, steps, cls.hidden.unique_id if cls.hidden else None, prompt_server())
