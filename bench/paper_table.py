@@ -93,8 +93,9 @@ PRO, BASELINE, RANDOM = "pro", "grpo8", "pro_random"
 
 
 def train_config(arm: str, seed: int, settings: dict[str, Any], output_dir: str) -> Any:
-    """The TrainConfig of one arm and seed (Flow-GRPO's regime for every arm; see the module doc)."""
-    from progrpo.train.config import GRPOConfig, load_config
+    """The RunConfig of one arm and seed (Flow-GRPO's regime for every arm; see the module doc)."""
+    from progrpo.train.config import GRPOConfig
+    from progrpo.train.run_config import load_config
 
     spec, base = ARMS[arm], load_config(BASE_CONFIG)
     rollout = dataclasses.replace(
@@ -145,7 +146,7 @@ def run_one(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
     folder = tempfile.mkdtemp(prefix=f"paper_table_{arm}_{seed}_")
     started = time.perf_counter()
     try:
-        trainer = Trainer(train_config(arm, seed, settings, folder))
+        trainer = Trainer.from_run(train_config(arm, seed, settings, folder))
         secondary = build_reward(SECONDARY_REWARD)
         evals = [(0, *evaluate(trainer, settings["eval_samples"], secondary))]
         while trainer.iteration < settings["iterations"]:
@@ -181,7 +182,7 @@ def base_diagnostics(samples: int, settings: dict[str, Any]) -> dict[str, Any]:
 
     pin_threads(1)
     folder = tempfile.mkdtemp(prefix="paper_table_base_")
-    trainer = Trainer(train_config(BASELINE, 0, settings, folder))
+    trainer = Trainer.from_run(train_config(BASELINE, 0, settings, folder))
     conditioning = trainer.denoiser.encode_prompts(trainer.prompts, trainer.config.negative_prompt)
     keeps = f"{CHECKPOINTS[0]}:{samples - 1}, {CHECKPOINTS[1]}:{samples - 2}"  # selection none keeps all
     result: dict[str, Any] = {"spearman": {}, "clustering": {}, "samples_per_prompt": samples}

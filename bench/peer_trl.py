@@ -242,7 +242,7 @@ def setup_ours() -> _Runner:
     from bench._peer_sd import load_pipeline
     from progrpo.advantages import group_advantages
     from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
-    from progrpo.lora import LoraSettings, add_lora
+    from progrpo.lora import LoraSettings, PeftLoraAdapter
     from progrpo.rewards import build_reward
     from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
     from progrpo.train.config import GRPOConfig
@@ -250,7 +250,8 @@ def setup_ours() -> _Runner:
 
     torch.manual_seed(0)
     denoiser = denoiser_from_pipeline(load_pipeline())
-    params = add_lora(denoiser.network, LoraSettings(rank=4, alpha=4.0, target_modules=LORA_TARGETS))
+    adapter = PeftLoraAdapter(denoiser.network, LoraSettings(rank=4, alpha=4.0, target_modules=LORA_TARGETS))
+    params = adapter.parameters()
     optimizer = torch.optim.AdamW(params, lr=3e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     reward = build_reward("brightness")
     # one optimiser step per epoch, as the TRL DDPO run it is compared with (not the default 2)
@@ -288,7 +289,7 @@ def setup_ours() -> _Runner:
         rollout = expand_and_prune_rollout(denoiser, conditioning, reward, config)
         sampled = time.perf_counter()
         advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
-        grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator, grad_clip=1.0)
+        grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator, adapter=adapter, grad_clip=1.0)
         train.stamp_end(BATCH)  # the last micro-batch ends with the optimiser step and zero_grad
         end = time.perf_counter()
         reward_means.append(float(rollout.final_rewards.mean()))

@@ -40,7 +40,7 @@ def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> di
 
     from progrpo.advantages import group_advantages
     from progrpo.denoisers.loading import load_denoiser
-    from progrpo.lora import LoraSettings, add_lora
+    from progrpo.lora import LoraSettings, PeftLoraAdapter
     from progrpo.rewards import build_reward
     from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
     from progrpo.train.config import GRPOConfig
@@ -48,7 +48,8 @@ def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> di
 
     pin_threads(1)
     denoiser = load_denoiser(model)
-    params = add_lora(denoiser.network, LoraSettings(rank=4, alpha=4.0))
+    adapter = PeftLoraAdapter(denoiser.network, LoraSettings(rank=4, alpha=4.0))
+    params = adapter.parameters()
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     conditioning = denoiser.encode_prompts(["a photo of a cat"], None)
     reward = build_reward("brightness")
@@ -63,7 +64,7 @@ def measure(group_size: int, model: str, size: int, micro_batch_rows: int) -> di
         advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
         before_update = _peak_rss_mb()
         start = time.perf_counter()
-        metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator)
+        metrics = grpo_update(denoiser, rollout, advantages, optimizer, grpo, params, generator, adapter=adapter)
         return metrics, time.perf_counter() - start, before_update
 
     iteration(8)  # warm-up at the smallest group, so every size starts from the same state

@@ -1,8 +1,9 @@
-"""What a Train Loop run trains, as fields of its config, so a resume with something else is refused (issue 16).
+"""What a Train Loop run trains, as its :class:`progrpo.train.RunIdentity`, so a resume with something else is refused.
 
-A run's checkpoint stores its :class:`progrpo.train.TrainConfig`; resuming compares every training field and
-refuses naming the ones that differ (``progrpo.train.checkpoint.check_resume_compatible``). The nodes get the
-model and reward as objects, so they write what identifies them into the config:
+A run's checkpoint stores its flat config record (:func:`progrpo.train.run_record`: the training settings plus
+the identity); resuming compares every training field and refuses naming the ones that differ
+(``progrpo.train.checkpoint.check_resume_compatible``, issue 16). The nodes get the model and reward as objects,
+so their identity says what identifies them:
 
 * ``model``: ``comfyui:<family>:<config class>:<hash>``, the hash over the names, shapes and first values of a
   few of the diffusion model's own weights (a few kB read, whatever the model's size; LoRAs applied upstream are
@@ -27,6 +28,7 @@ import torch
 
 from progrpo.train.checkpoint import RESUME_FREE_FIELDS, flatten_config, read_checkpoint_config, resolve_checkpoint
 from progrpo.train.config import TrainConfig
+from progrpo.train.run_config import RunIdentity, run_record
 
 from .model_families import config_class_name, family_of
 
@@ -63,8 +65,8 @@ def reward_description(reward: Any) -> str:
     return f"{name}({Path(str(path)).name})" if path else name
 
 
-def identity_fields(model: Any, reward: Any, run_dir: Path | None) -> dict[str, Any]:
-    """``model`` and ``rewards`` for the run's TrainConfig; a checkpoint from before the identity keeps the old
+def node_run_identity(model: Any, reward: Any, run_dir: Path | None) -> RunIdentity:
+    """The identity of a run on ``model`` and ``reward``; a checkpoint from before the identity keeps the old
     placeholders (its model and reward cannot be checked: logged), so it still resumes."""
     if run_dir is not None and (run_dir / "checkpoints" / "latest").is_file():
         try:
@@ -74,15 +76,15 @@ def identity_fields(model: Any, reward: Any, run_dir: Path | None) -> dict[str, 
         if saved.get("model") == LEGACY_MODEL:
             logger.warning("run %s was checkpointed before runs recorded their model and reward; resuming it "
                            "without checking that they are the same", run_dir.name)
-            return {"model": LEGACY_MODEL, "rewards": LEGACY_REWARDS}
-    return {"model": model_fingerprint(model),
-            "rewards": {"comfyui": {"weight": 1.0, "reward": reward_description(reward)}}}
+            return RunIdentity(LEGACY_MODEL, LEGACY_REWARDS)
+    return RunIdentity(model_fingerprint(model), {"comfyui": {"weight": 1.0, "reward": reward_description(reward)}})
 
 
-def default_run_name(config: TrainConfig) -> str:
-    """``progrpo_<family>_<8 hex>`` from every training field of ``config`` (the resume-free ones excluded)."""
-    fields = {name: value for name, value in flatten_config(config.to_dict()).items() if name not in RESUME_FREE_FIELDS}
+def default_run_name(config: TrainConfig, identity: RunIdentity) -> str:
+    """``progrpo_<family>_<8 hex>`` from every training field of the run's record (the resume-free ones excluded)."""
+    record = flatten_config(run_record(config, identity))
+    fields = {name: value for name, value in record.items() if name not in RESUME_FREE_FIELDS}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    family = config.model.split(":")[1] if config.model.count(":") >= 3 else "model"
+    family = identity.model.split(":")[1] if identity.model.count(":") >= 3 else "model"
     slug = "".join(c if c.isalnum() else "_" for c in family).strip("_").lower() or "model"
     return f"progrpo_{slug}_{digest}"

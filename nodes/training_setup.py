@@ -37,7 +37,7 @@ from .live_view import LiveView, prompt_server
 from .model_families import family_of, preset_targets
 from .paths import resolve_inside
 from .prompt_grid import prompt_lines
-from .run_identity import default_run_name, identity_fields
+from .run_identity import default_run_name, node_run_identity
 from .sampling_inputs import check_image_size
 from .sampling_setup import check_prune_schedule, policy_dynamics
 
@@ -214,8 +214,8 @@ def build_trainer(node: type, inputs: TrainLoopInputs, *, model: Any, reward: An
     of that API is made here only. An empty run_name is derived from the config. Errors name ``node``'s input."""
     run_name = inputs.run_name
     try:
+        identity = node_run_identity(model, reward, output_dir if inputs.resume else None)
         config = TrainConfig(
-            **identity_fields(model, reward, output_dir if inputs.resume else None),
             prompts=prompts, prompts_per_iteration=inputs.prompts_per_iteration,
             iterations=inputs.iterations, checkpoint_every=inputs.checkpoint_every, keep_last=inputs.keep_last,
             seed=int(inputs.seed), eval_every=inputs.eval_every,
@@ -238,12 +238,13 @@ def build_trainer(node: type, inputs: TrainLoopInputs, *, model: Any, reward: An
     except ProGRPOConfigError as error:
         raise relabeled(error, node=node) from None
     if output_dir is None:
-        run_name = default_run_name(config)
+        run_name = default_run_name(config, identity)
         output_dir = run_directory(run_name)
         config = dataclasses.replace(config, output_dir=str(output_dir))
     # One process: a ComfyUI server trains on the model it has loaded and never joins a
     # torch.distributed job, whatever WORLD_SIZE its environment holds (multi-GPU: the CLI).
-    trainer = Trainer(config, denoiser=denoiser, reward=reward, adapter=adapter, distributed=SINGLE_PROCESS)
+    trainer = Trainer(config, identity=identity, denoiser=denoiser, reward=reward, adapter=adapter,
+                      distributed=SINGLE_PROCESS)
     return trainer, run_name, output_dir
 
 

@@ -17,13 +17,13 @@ import torch
 from progrpo.lora import LoraSettings, lora_state_dict
 from progrpo.rewards.base import BaseReward
 from progrpo.rollout import RolloutConfig
-from progrpo.train import GRPOConfig, OptimConfig, TrainConfig, Trainer
+from progrpo.train import GRPOConfig, OptimConfig, RunConfig, Trainer
 
 #: reward calls per iteration of :func:`digits_config`: one preview (prune at step 2) + the final images.
 CALLS_PER_ITERATION = 2
 
 
-def digits_config(output_dir: Path, **overrides: Any) -> TrainConfig:
+def digits_config(output_dir: Path, **overrides: Any) -> RunConfig:
     values: dict[str, Any] = {
         "model": "embedded:digits_flow",
         "prompts": ["a handwritten digit 0", "a handwritten digit 1", "a handwritten digit 7"],
@@ -40,7 +40,7 @@ def digits_config(output_dir: Path, **overrides: Any) -> TrainConfig:
         "seed": 5,
     }
     values.update(overrides)
-    return TrainConfig(**values)
+    return RunConfig(**values)
 
 
 class ScriptedReward(BaseReward):
@@ -68,7 +68,7 @@ class ScriptedReward(BaseReward):
 
 
 def scripted_rewards(**options: Any) -> dict[str, dict[str, Any]]:
-    """A ``TrainConfig.rewards`` spec: digit alignment plus the scripted reward under the name ``flaky``."""
+    """A ``RunConfig.rewards`` spec: digit alignment plus the scripted reward under the name ``flaky``."""
     return {"digit_alignment": {"weight": 1.0}, "flaky": {"reward": "test_scripted", "weight": 0.5, **options}}
 
 

@@ -2,12 +2,16 @@
 
 Typical use::
 
-    from progrpo.train import TrainConfig, load_config, train
+    from progrpo.train import RunConfig, load_config, train
 
-    config = load_config("run.yaml")           # or TrainConfig(model="tiny:sd", prompts=[...], ...)
-    result = train(config)                     # writes output_dir/{config.yaml, metrics.jsonl,
+    run = load_config("run.yaml")              # or RunConfig(model="tiny:sd", prompts=[...], ...)
+    result = train(run)                        # writes output_dir/{config.yaml, metrics.jsonl,
                                                #   checkpoints/, lora.safetensors, curve.png}
-    train(config, resume_from="latest")        # continue bit-for-bit from the newest checkpoint
+    train(run, resume_from="latest")           # continue bit-for-bit from the newest checkpoint
+
+A :class:`RunConfig` (what a config file holds) is a :class:`RunSpec` (what to train: model, rewards,
+device, dtype) plus a :class:`TrainConfig` (how to train). A caller with its own model, reward and LoRA
+adapter builds ``Trainer(train_config, identity=RunIdentity(...), denoiser=..., reward=..., adapter=...)``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import LR_SCHEDULES, GRPOConfig, OptimConfig, TrainConfig, load_config, read_prompts, save_config
+from .config import LR_SCHEDULES, GRPOConfig, OptimConfig, TrainConfig
 from .loss import approx_kl, clip_fraction, clipped_surrogate
+from .metrics import MetricsLog, read_metrics
+from .prompts import read_prompts
+from .run_config import RunConfig, RunIdentity, RunSpec, load_config, run_record, save_config
 from .trainer import Trainer, TrainResult, derive_seed, load_model, train
 from .update import (
     UPDATE_METRICS,
@@ -40,7 +47,11 @@ __all__ = [
     "UPDATE_METRICS",
     "GRPOConfig",
     "LoraEMA",
+    "MetricsLog",
     "OptimConfig",
+    "RunConfig",
+    "RunIdentity",
+    "RunSpec",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -57,9 +68,11 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_model",
+    "read_metrics",
     "read_prompts",
     "recompute_log_probs",
     "resolve_checkpoint",
+    "run_record",
     "save_checkpoint",
     "save_config",
     "select_training_pairs",

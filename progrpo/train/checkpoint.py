@@ -7,7 +7,7 @@ Layout of ``<output_dir>/checkpoints/``::
         state.pt                   tensors and plain containers only (loaded with weights_only=True):
                                    optimizer and LR-scheduler state dicts, EMA shadows, torch RNG states
         state.json                 counters (iteration, optimizer_steps), python ``random`` state, version
-        config.json                the resolved TrainConfig of the run that wrote it
+        config.json                the run record (run_record: resolved training settings + identity)
     latest                         text file naming the newest ``iter_<k>`` (replaced atomically)
 
 A checkpoint folder is assembled under a temporary name in ``checkpoints/``, every file and the
@@ -122,7 +122,7 @@ def save_checkpoint(
     Args:
         network: the LoRA-injected network (its adapter is saved with ``save_peft_adapter``), or a
             :class:`progrpo.lora.adapter.LoraAdapter` (saved with its ``save``).
-        config: ``TrainConfig.to_dict()`` of the resolved config.
+        config: the run record (:func:`progrpo.train.run_config.run_record`) of the resolved config.
     """
     root = Path(output_dir) / CHECKPOINTS_DIR
     try:

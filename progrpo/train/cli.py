@@ -10,7 +10,7 @@ from ..atomic import atomic_write_text
 from ..errors import ProGRPOConfigError
 from ..log import logger
 from .checkpoint import CHECKPOINTS_DIR, LATEST_FILE, read_checkpoint_config, resolve_checkpoint
-from .config import TrainConfig, load_config
+from .run_config import RunConfig, load_config
 from .trainer import Trainer
 
 
@@ -25,7 +25,7 @@ def run_train_command(config_path: str, output_dir: str | None = None, iteration
     overrides = {key: value for key, value in (("output_dir", output_dir), ("iterations", iterations)) if value is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    trainer = Trainer(config)
+    trainer = Trainer.from_run(config)
     try:
         return _train_and_report(trainer, resume, evaluate_samples)
     finally:
@@ -74,8 +74,7 @@ def run_export_command(checkpoint: str, output: str) -> int:
             f"checkpoint {checkpoint!r} does not exist; pass a run folder (with checkpoints/latest) or a "
             "checkpoints/iter_<k> folder."
         )
-    config = TrainConfig.from_dict(read_checkpoint_config(folder))
-    trainer = Trainer(config)
+    trainer = Trainer.from_run(RunConfig.from_dict(read_checkpoint_config(folder)))
     trainer.resume(folder)
     path = trainer.export_lora(output)
     logger.info("wrote %s (from %s)", path, folder)

@@ -1,36 +1,31 @@
-"""Training configuration: documented dataclasses, validated on construction, YAML/JSON round trip.
+"""How to train: documented dataclasses, validated on construction, plain-dict round trip.
 
-``TrainConfig`` nests the rollout (:class:`~progrpo.rollout.RolloutConfig`), the LoRA
+``TrainConfig`` holds the training settings only (what to train -- model, rewards, device, dtype -- is
+:class:`~progrpo.train.run_config.RunSpec`; a config file holds both, :class:`~progrpo.train.run_config.RunConfig`).
+It nests the rollout (:class:`~progrpo.rollout.RolloutConfig`), the LoRA
 (:class:`~progrpo.lora.LoraSettings`), the optimiser (:class:`OptimConfig`) and the GRPO loss
 (:class:`GRPOConfig`). ``to_dict`` gives plain YAML/JSON types (a prune schedule becomes its
 string ``"5:24, 7:12"``, tuples become lists) and ``from_dict`` rebuilds the same config,
 rejecting unknown keys by their dotted name (``grpo.clip_rnage``). Every error names the field
-and says how to fix it.
+(also as ``ProGRPOConfigError.field``) and says how to fix it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..advantages import STD_MODES
-from ..denoisers.loading import validate_model_spec
 from ..errors import ProGRPOConfigError
 from ..lora import LoraSettings
 from ..rollout import RolloutConfig
 from .loss import KL_FORMS
+from .prompts import read_prompts
 from .timesteps import TIMESTEP_RULES
-
-#: ``model`` dtypes by name.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _lr_constant(step: int, warmup_steps: int) -> float:
@@ -83,27 +78,42 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not _is_number(self.lr) or self.lr <= 0:
-            raise ProGRPOConfigError(f"optim.lr={self.lr!r} must be a number > 0; use e.g. 1e-4.")
+            raise ProGRPOConfigError(
+                f"optim.lr={self.lr!r} must be a number > 0; use e.g. 1e-4.",
+                field="optim.lr",
+            )
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
         if len(betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in betas):
             raise ProGRPOConfigError(
-                f"optim.betas={self.betas!r} must be two numbers in [0, 1); use e.g. [0.9, 0.999]."
+                f"optim.betas={self.betas!r} must be two numbers in [0, 1); use e.g. [0.9, 0.999].",
+                field="optim.betas",
             )
         self.betas = (float(betas[0]), float(betas[1]))
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ProGRPOConfigError(f"optim.weight_decay={self.weight_decay!r} must be a number >= 0.")
+            raise ProGRPOConfigError(
+                f"optim.weight_decay={self.weight_decay!r} must be a number >= 0.",
+                field="optim.weight_decay",
+            )
         if not _is_number(self.eps) or self.eps <= 0:
-            raise ProGRPOConfigError(f"optim.eps={self.eps!r} must be a number > 0; use e.g. 1e-8.")
+            raise ProGRPOConfigError(
+                f"optim.eps={self.eps!r} must be a number > 0; use e.g. 1e-8.",
+                field="optim.eps",
+            )
         if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
             raise ProGRPOConfigError(
-                f"optim.grad_clip={self.grad_clip!r} must be a number > 0, or null to only measure the norm."
+                f"optim.grad_clip={self.grad_clip!r} must be a number > 0, or null to only measure the norm.",
+                field="optim.grad_clip",
             )
         if self.scheduler not in LR_SCHEDULES:
             raise ProGRPOConfigError(
-                f"optim.scheduler={self.scheduler!r} is unknown; use one of {sorted(LR_SCHEDULES)}."
+                f"optim.scheduler={self.scheduler!r} is unknown; use one of {sorted(LR_SCHEDULES)}.",
+                field="optim.scheduler",
             )
         if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
-            raise ProGRPOConfigError(f"optim.warmup_steps={self.warmup_steps!r} must be an integer >= 0.")
+            raise ProGRPOConfigError(
+                f"optim.warmup_steps={self.warmup_steps!r} must be an integer >= 0.",
+                field="optim.warmup_steps",
+            )
         self.lr, self.weight_decay, self.eps = float(self.lr), float(self.weight_decay), float(self.eps)
 
     def lr_lambda(self) -> Callable[[int], float]:
@@ -186,45 +196,74 @@ class GRPOConfig:
         if not _is_number(self.loss_scale) or not 1.0 <= self.loss_scale < 1e12:
             raise ProGRPOConfigError(
                 f"grpo.loss_scale={self.loss_scale!r} must be a number in [1, 1e12); 1 unless the model computes in "
-                "fp16 (then the latent's element count)."
+                "fp16 (then the latent's element count).",
+                field="grpo.loss_scale",
             )
         if not _is_number(self.clip_range) or self.clip_range <= 0:
             raise ProGRPOConfigError(
-                f"grpo.clip_range={self.clip_range!r} must be a number > 0; Flow-GRPO/DDPO use 1e-4."
+                f"grpo.clip_range={self.clip_range!r} must be a number > 0; Flow-GRPO/DDPO use 1e-4.",
+                field="grpo.clip_range",
             )
         if self.adv_clip is not None and (not _is_number(self.adv_clip) or self.adv_clip <= 0):
-            raise ProGRPOConfigError(f"grpo.adv_clip={self.adv_clip!r} must be a number > 0 (e.g. 5), or null.")
+            raise ProGRPOConfigError(
+                f"grpo.adv_clip={self.adv_clip!r} must be a number > 0 (e.g. 5), or null.",
+                field="grpo.adv_clip",
+            )
         if self.std_mode not in STD_MODES:
-            raise ProGRPOConfigError(f"grpo.std_mode={self.std_mode!r} is unknown; use one of {list(STD_MODES)}.")
+            raise ProGRPOConfigError(
+                f"grpo.std_mode={self.std_mode!r} is unknown; use one of {list(STD_MODES)}.",
+                field="grpo.std_mode",
+            )
         if not _is_number(self.kl_beta) or self.kl_beta < 0:
-            raise ProGRPOConfigError(f"grpo.kl_beta={self.kl_beta!r} must be a number >= 0 (0 disables the KL).")
+            raise ProGRPOConfigError(
+                f"grpo.kl_beta={self.kl_beta!r} must be a number >= 0 (0 disables the KL).",
+                field="grpo.kl_beta",
+            )
         if not _is_number(self.timestep_fraction) or not 0.0 < self.timestep_fraction <= 1.0:
             raise ProGRPOConfigError(
-                f"grpo.timestep_fraction={self.timestep_fraction!r} must be in (0, 1]; 1.0 trains every stochastic step."
+                f"grpo.timestep_fraction={self.timestep_fraction!r} must be in (0, 1]; 1.0 trains every stochastic step.",
+                field="grpo.timestep_fraction",
             )
         if not _is_int(self.micro_batch_rows) or self.micro_batch_rows < 1:
-            raise ProGRPOConfigError(f"grpo.micro_batch_rows={self.micro_batch_rows!r} must be an integer >= 1.")
+            raise ProGRPOConfigError(
+                f"grpo.micro_batch_rows={self.micro_batch_rows!r} must be an integer >= 1.",
+                field="grpo.micro_batch_rows",
+            )
         if self.ema_decay is not None and (not _is_number(self.ema_decay) or not 0.0 < self.ema_decay < 1.0):
-            raise ProGRPOConfigError(f"grpo.ema_decay={self.ema_decay!r} must be in (0, 1) (e.g. 0.9), or null.")
+            raise ProGRPOConfigError(
+                f"grpo.ema_decay={self.ema_decay!r} must be in (0, 1) (e.g. 0.9), or null.",
+                field="grpo.ema_decay",
+            )
         self._check_update_regime()
 
     def _check_update_regime(self) -> None:
         """Validate the fields added for the baselines' update regime (issue 14)."""
         if self.kl_form not in KL_FORMS:
-            raise ProGRPOConfigError(f"grpo.kl_form={self.kl_form!r} is unknown; use one of {sorted(KL_FORMS)}.")
+            raise ProGRPOConfigError(
+                f"grpo.kl_form={self.kl_form!r} is unknown; use one of {sorted(KL_FORMS)}.",
+                field="grpo.kl_form",
+            )
         if self.timestep_rule not in TIMESTEP_RULES:
             raise ProGRPOConfigError(
-                f"grpo.timestep_rule={self.timestep_rule!r} is unknown; use one of {sorted(TIMESTEP_RULES)}."
+                f"grpo.timestep_rule={self.timestep_rule!r} is unknown; use one of {sorted(TIMESTEP_RULES)}.",
+                field="grpo.timestep_rule",
             )
         if not isinstance(self.train_last_step, bool):
-            raise ProGRPOConfigError(f"grpo.train_last_step={self.train_last_step!r} must be true or false.")
+            raise ProGRPOConfigError(
+                f"grpo.train_last_step={self.train_last_step!r} must be true or false.",
+                field="grpo.train_last_step",
+            )
         for name in ("updates_per_rollout", "inner_epochs", "ema_update_interval"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ProGRPOConfigError(f"grpo.{name}={value!r} must be an integer >= 1.")
+                raise ProGRPOConfigError(
+                    f"grpo.{name}={value!r} must be an integer >= 1.",
+                    field=f"grpo.{name}",
+                )
         if not _is_number(self.adv_epsilon) or self.adv_epsilon < 0:
             raise ProGRPOConfigError(
-                f"grpo.adv_epsilon={self.adv_epsilon!r} must be a number >= 0; Flow-GRPO uses 1e-4."
+                f"grpo.adv_epsilon={self.adv_epsilon!r} must be a number >= 0; Flow-GRPO uses 1e-4.",
+                field="grpo.adv_epsilon",
             )
         self.adv_epsilon = float(self.adv_epsilon)
         self.clip_range, self.kl_beta = float(self.clip_range), float(self.kl_beta)
@@ -232,18 +271,11 @@ class GRPOConfig:
         self.loss_scale = float(self.loss_scale)
 
 
-def _default_rewards() -> dict[str, dict[str, Any]]:
-    return {"jpeg_compressibility": {"weight": 1.0}}
-
-
 @dataclass
 class TrainConfig:
-    """A full training run.
+    """How to train: the training settings of a run (what to train is :class:`~progrpo.train.run_config.RunSpec`).
 
     Attributes:
-        model: ``tiny:<sd|sd3|flux>`` (random tiny model, smoke runs), ``embedded:<digits_flow|
-            digits_ddim>`` (the shipped digits models) or a LOCAL diffusers pipeline folder
-            (:func:`progrpo.denoisers.loading.load_denoiser`).
         prompts: the training prompts; or give ``prompts_file`` instead.
         prompts_file: a ``.txt`` (one prompt per line), ``.json`` (list of strings) or ``.jsonl``
             (objects with a ``"prompt"`` key) file; read when training starts.
@@ -256,7 +288,6 @@ class TrainConfig:
         lora: rank, alpha, targets of the trained LoRA.
         optim: AdamW and lr schedule.
         grpo: the loss.
-        rewards: spec for :func:`progrpo.rewards.build_rewards`, ``{name: {"weight": w, **options}}``.
         output_dir: where ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``lora.safetensors``
             and ``curve.png`` go.
         checkpoint_every: write a checkpoint every this many iterations (0: only at the end/on stop).
@@ -271,11 +302,8 @@ class TrainConfig:
             many skipped in a row stop the run with a checkpoint and an error naming the value.
         seed: seeds prompt choice, rollout noise, trained-step choice and the global torch RNG.
         negative_prompt: the shared negative prompt for CFG; null encodes none (guidance off).
-        device: torch device of the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
-        dtype: model weights' dtype, a name in :data:`DTYPES`; LoRA weights always train in float32.
     """
 
-    model: str = "tiny:sd"
     prompts: list[str] | None = None
     prompts_file: str | None = None
     prompts_per_iteration: int = 1
@@ -284,7 +312,6 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    rewards: dict[str, dict[str, Any]] = field(default_factory=_default_rewards)
     output_dir: str = "progrpo_output"
     checkpoint_every: int = 10
     keep_last: int = 0
@@ -294,86 +321,85 @@ class TrainConfig:
     max_bad_iterations: int = 3
     seed: int = 0
     negative_prompt: str | None = ""
-    device: str = "cpu"
-    dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        validate_model_spec(self.model)
+        self._check_prompts()
+        self._check_counts()
+        self._check_evaluation()
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ProGRPOConfigError(f"seed={self.seed!r} must be an integer >= 0.", field="seed")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ProGRPOConfigError(f"negative_prompt={self.negative_prompt!r} must be a string or null.",
+                                     field="negative_prompt")
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir).strip():
+            raise ProGRPOConfigError(f"output_dir={self.output_dir!r} must be a folder path.", field="output_dir")
+        self.output_dir = str(self.output_dir)
+        for section, kind in SECTIONS.items():
+            if not isinstance(getattr(self, section), kind):
+                raise ProGRPOConfigError(
+                    f"{section} must be a {kind.__name__} (or a dict in from_dict), got {type(getattr(self, section)).__name__}.",
+                    field=section,
+                )
+
+    def _check_prompts(self) -> None:
         if self.prompts is not None:
             if isinstance(self.prompts, str) or not isinstance(self.prompts, (list, tuple)) or not self.prompts:
                 raise ProGRPOConfigError(
-                    f"prompts={self.prompts!r} must be a non-empty list of strings (or use prompts_file)."
+                    f"prompts={self.prompts!r} must be a non-empty list of strings (or use prompts_file).", field="prompts"
                 )
             if not all(isinstance(p, str) and p.strip() for p in self.prompts):
-                raise ProGRPOConfigError("prompts must all be non-empty strings; remove the blank entries.")
+                raise ProGRPOConfigError("prompts must all be non-empty strings; remove the blank entries.",
+                                         field="prompts")
             self.prompts = list(self.prompts)
         if self.prompts_file is not None and not isinstance(self.prompts_file, (str, os.PathLike)):
-            raise ProGRPOConfigError(f"prompts_file={self.prompts_file!r} must be a path string or null.")
+            raise ProGRPOConfigError(f"prompts_file={self.prompts_file!r} must be a path string or null.",
+                                     field="prompts_file")
         if (self.prompts is None) == (self.prompts_file is None):
             raise ProGRPOConfigError(
                 "give exactly one of prompts (a list) and prompts_file (a path); "
-                f"got prompts={self.prompts!r}, prompts_file={self.prompts_file!r}."
+                f"got prompts={self.prompts!r}, prompts_file={self.prompts_file!r}.",
+                field="prompts",
             )
         if self.prompts_file is not None:
             self.prompts_file = str(self.prompts_file)
+
+    def _check_counts(self) -> None:
         for name in ("prompts_per_iteration", "iterations"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ProGRPOConfigError(f"{name}={value!r} must be an integer >= 1.")
+                raise ProGRPOConfigError(f"{name}={value!r} must be an integer >= 1.", field=name)
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ProGRPOConfigError(
-                f"checkpoint_every={self.checkpoint_every!r} must be an integer >= 0 (0: only at the end)."
+                f"checkpoint_every={self.checkpoint_every!r} must be an integer >= 0 (0: only at the end).",
+                field="checkpoint_every",
             )
         if not _is_int(self.keep_last) or self.keep_last < 0:
             raise ProGRPOConfigError(
-                f"keep_last={self.keep_last!r} must be an integer >= 0 (checkpoints kept; 0 keeps all)."
+                f"keep_last={self.keep_last!r} must be an integer >= 0 (checkpoints kept; 0 keeps all).",
+                field="keep_last",
             )
+        if not _is_int(self.max_bad_iterations) or self.max_bad_iterations < 1:
+            raise ProGRPOConfigError(
+                f"max_bad_iterations={self.max_bad_iterations!r} must be an integer >= 1 (consecutive skipped "
+                "iterations before the run stops); use e.g. 3.",
+                field="max_bad_iterations",
+            )
+
+    def _check_evaluation(self) -> None:
         if not _is_int(self.eval_every) or self.eval_every < 0:
-            raise ProGRPOConfigError(f"eval_every={self.eval_every!r} must be an integer >= 0 (0: no held-out evaluation).")
+            raise ProGRPOConfigError(f"eval_every={self.eval_every!r} must be an integer >= 0 (0: no held-out evaluation).",
+                                     field="eval_every")
         if not _is_int(self.eval_samples) or self.eval_samples < 1:
-            raise ProGRPOConfigError(f"eval_samples={self.eval_samples!r} must be an integer >= 1.")
+            raise ProGRPOConfigError(f"eval_samples={self.eval_samples!r} must be an integer >= 1.", field="eval_samples")
         if self.eval_prompts is not None:
             if isinstance(self.eval_prompts, str) or not self.eval_prompts or \
                     not all(isinstance(p, str) and p.strip() for p in self.eval_prompts):
                 raise ProGRPOConfigError(
                     f"eval_prompts={self.eval_prompts!r:.80} must be a non-empty list of prompts (or null: the "
-                    "training prompts)."
+                    "training prompts).",
+                    field="eval_prompts",
                 )
             self.eval_prompts = list(self.eval_prompts)
-        if not _is_int(self.max_bad_iterations) or self.max_bad_iterations < 1:
-            raise ProGRPOConfigError(
-                f"max_bad_iterations={self.max_bad_iterations!r} must be an integer >= 1 (consecutive skipped "
-                "iterations before the run stops); use e.g. 3."
-            )
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ProGRPOConfigError(f"seed={self.seed!r} must be an integer >= 0.")
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise ProGRPOConfigError(f"negative_prompt={self.negative_prompt!r} must be a string or null.")
-        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir).strip():
-            raise ProGRPOConfigError(f"output_dir={self.output_dir!r} must be a folder path.")
-        self.output_dir = str(self.output_dir)
-        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
-            raise ProGRPOConfigError(f"dtype={self.dtype!r} is unknown; use one of {sorted(DTYPES)}.")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ProGRPOConfigError(f"device={self.device!r} is not a torch device; use 'cpu' or 'cuda'.") from None
-        for section, kind in (("rollout", RolloutConfig), ("lora", LoraSettings), ("optim", OptimConfig),
-                              ("grpo", GRPOConfig)):
-            if not isinstance(getattr(self, section), kind):
-                raise ProGRPOConfigError(
-                    f"{section} must be a {kind.__name__} (or a dict in from_dict), got {type(getattr(self, section)).__name__}."
-                )
-        if not isinstance(self.rewards, Mapping) or not self.rewards:
-            raise ProGRPOConfigError(
-                f"rewards={self.rewards!r} must be a non-empty dict like {{'brightness': {{'weight': 1.0}}}}."
-            )
-        for name, spec in self.rewards.items():
-            if spec is not None and not isinstance(spec, Mapping):
-                raise ProGRPOConfigError(
-                    f"rewards.{name}={spec!r:.60} must be a dict of options like {{'weight': 1.0}} (or null)."
-                )
-        self.rewards = {str(key): dict(value or {}) for key, value in self.rewards.items()}
 
     # --- serialisation -----------------------------------------------------------------------
 
@@ -382,7 +408,7 @@ class TrainConfig:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """Build from plain types; unknown keys (at any level) are rejected by their dotted name."""
         if not isinstance(data, Mapping):
             raise ProGRPOConfigError(f"a training config must be a mapping of fields, got {type(data).__name__}.")
@@ -398,7 +424,7 @@ class TrainConfig:
             return list(self.prompts)
         return read_prompts(self.prompts_file)  # type: ignore[arg-type]
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> Any:
         """A copy with ``prompts_file`` read into ``prompts`` (what a run actually trains on)."""
         if self.prompts is not None:
             return dataclasses.replace(self)
@@ -431,7 +457,8 @@ def _checked_keys(kind: type, data: Mapping[str, Any], prefix: str) -> dict[str,
         raise ProGRPOConfigError(
             f"unknown config key {prefix + str(unknown[0])!r}"
             + (f" (and {[prefix + str(k) for k in unknown[1:]]})" if len(unknown) > 1 else "")
-            + f"; valid keys{' of ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}."
+            + f"; valid keys{' of ' + prefix.rstrip('.') if prefix else ''}: {sorted(names)}.",
+            field=prefix + str(unknown[0]),
         )
     return dict(data)
 
@@ -440,7 +467,7 @@ def _build_section(section: str, kind: type, value: Any) -> Any:
     if isinstance(value, kind):
         return value
     if not isinstance(value, Mapping):
-        raise ProGRPOConfigError(f"{section} must be a mapping of {kind.__name__} fields, got {value!r}.")
+        raise ProGRPOConfigError(f"{section} must be a mapping of {kind.__name__} fields, got {value!r}.", field=section)
     values = _checked_keys(kind, value, section + ".")
     if section == "rollout" and isinstance(values.get("sde_window"), list):
         values["sde_window"] = tuple(values["sde_window"])
@@ -452,7 +479,7 @@ def _build_section(section: str, kind: type, value: Any) -> Any:
         message = str(error)
         if message.startswith(section + "."):
             raise
-        raise ProGRPOConfigError(f"{section}: {message}") from None
+        raise ProGRPOConfigError(f"{section}: {message}", field=error.field or section) from None
 
 
 #: what a field of the wrong type or shape raises inside a dataclass's checks (a list where a string goes...).
@@ -471,106 +498,18 @@ def _construct(kind: type, values: dict[str, Any], prefix: str) -> Any:
         where = f"{prefix}{culprit}={values[culprit]!r:.60}" if culprit else prefix.rstrip(".") or "the config"
         raise ProGRPOConfigError(
             f"{where} has the wrong type or shape ({type(error).__name__}: {error}); see {kind.__name__}'s "
-            "documentation for the expected value."
+            "documentation for the expected value.",
+            field=prefix + culprit if culprit else prefix.rstrip(".") or None,
         ) from None
 
 
 def _fails_alone(kind: type, name: str, value: Any) -> bool:
     try:
-        kind(**{name: value}) if kind is not TrainConfig else kind(**{"prompts": ["p"], name: value})
+        # a training config needs prompts to be valid at all
+        kind(**{"prompts": ["p"], name: value}) if issubclass(kind, TrainConfig) else kind(**{name: value})
     except ProGRPOConfigError:
         return False
     except _SHAPE_ERRORS:
         return True
     return False
 
-
-# --- prompts files ---------------------------------------------------------------------------
-
-
-def _prompts_txt(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _prompts_json(text: str) -> list[str]:
-    data = json.loads(text)
-    return [str(item) for item in data] if isinstance(data, list) else []
-
-
-def _prompts_jsonl(text: str) -> list[str]:
-    # Flow-GRPO's GenEval metadata: one JSON object per line with a "prompt" key.
-    return [str(json.loads(line)["prompt"]) for line in text.splitlines() if line.strip()]
-
-
-#: prompts file suffix -> parser.
-PROMPT_READERS: dict[str, Callable[[str], list[str]]] = {
-    ".txt": _prompts_txt,
-    ".json": _prompts_json,
-    ".jsonl": _prompts_jsonl,
-}
-
-
-def read_prompts(path: str | os.PathLike[str]) -> list[str]:
-    """Prompts of a ``.txt`` / ``.json`` / ``.jsonl`` file (see :class:`TrainConfig`)."""
-    file = Path(path)
-    reader = PROMPT_READERS.get(file.suffix.lower())
-    if reader is None:
-        raise ProGRPOConfigError(
-            f"prompts_file {str(file)!r} has suffix {file.suffix!r}; use one of {sorted(PROMPT_READERS)}."
-        )
-    if not file.is_file():
-        raise ProGRPOConfigError(f"prompts_file {str(file)!r} does not exist; check the path.")
-    try:
-        prompts = reader(file.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ProGRPOConfigError(
-            f"prompts_file {str(file)!r} could not be parsed as {file.suffix} ({error!r}); "
-            "see TrainConfig.prompts_file for the formats."
-        ) from None
-    if not prompts:
-        raise ProGRPOConfigError(f"prompts_file {str(file)!r} holds no prompts; add at least one.")
-    return prompts
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def load_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read a :class:`TrainConfig` from a ``.yaml``/``.yml`` or ``.json`` file."""
-    file = Path(path)
-    if not file.is_file():
-        raise ProGRPOConfigError(f"config file {str(file)!r} does not exist; check the path.")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ProGRPOConfigError(f"config file {str(file)!r} is not UTF-8 text ({error.reason}); save it as UTF-8.") from None
-    import yaml
-
-    is_json = file.suffix.lower() == ".json"
-    try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ProGRPOConfigError(
-            f"config file {str(file)!r} is not valid {'JSON' if is_json else 'YAML'}: {error}."
-        ) from None
-    if data is None:
-        data = {}
-    return TrainConfig.from_dict(data)
-
-
-def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``config.to_dict()`` as YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""
-    from ..atomic import atomic_write_text
-
-    file = Path(path)
-    data = config.to_dict()
-    if file.suffix.lower() == ".json":
-        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    elif file.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        text = yaml.safe_dump(data, sort_keys=False)
-    else:
-        raise ProGRPOConfigError(f"config path {str(file)!r} must end with .yaml, .yml or .json.")
-    atomic_write_text(file, text)
-    return file

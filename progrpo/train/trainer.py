@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +31,9 @@ from typing import Any
 import torch
 
 from ..advantages import group_advantages
-from ..atomic import atomic_write_text, remove_stale_temps
+from ..atomic import remove_stale_temps
 from ..denoisers.base import Denoiser
 from ..denoisers.loading import load_denoiser
-from ..diagnostics import clustering_fraction, preview_final_correlation
 from ..errors import ProGRPOConfigError, ProGRPOOutOfMemoryError, ProGRPORewardError
 from ..log import logger
 from ..lora.adapter import LoraAdapter, PeftLoraAdapter
@@ -54,7 +52,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import DTYPES, TrainConfig, save_config
+from .config import TrainConfig
 from .curves import plot_training_curves
 from .distributed import DistributedContext
 from .faults import (
@@ -68,13 +66,14 @@ from .faults import (
     reward_failure,
     skipped_record,
 )
+from .metrics import MetricsLog, iteration_record
+from .run_config import DTYPES, RunConfig, RunIdentity, RunSpec, run_record, save_config
 from .update import LoraEMA, grpo_update
 
 ProgressCallback = Callable[[int, int], None]
 StopCallback = Callable[[], bool]
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
 LORA_FILE = "lora.safetensors"
 CURVE_FILE = "curve.png"
 
@@ -92,9 +91,9 @@ def _generator(seed: int, stream: str, iteration: int) -> torch.Generator:
 # --- models ----------------------------------------------------------------------------------
 
 
-def load_model(config: TrainConfig, device: str | None = None) -> Denoiser:
-    """The denoiser ``config.model`` names, in ``config.dtype`` on ``device`` (default ``config.device``)."""
-    return load_denoiser(config.model, torch_dtype=DTYPES[config.dtype], device=device or config.device)
+def load_model(spec: RunSpec, device: str | None = None) -> Denoiser:
+    """The denoiser ``spec.model`` names, in ``spec.dtype`` on ``device`` (default ``spec.device``)."""
+    return load_denoiser(spec.model, torch_dtype=DTYPES[spec.dtype], device=device or spec.device)
 
 
 def choose_prompts(prompts: list[str], count: int, generator: torch.Generator) -> list[str]:
@@ -127,29 +126,27 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a crash mid-append; its iteration is re-run
-            logger.warning("ignoring an incomplete line of %s (the run was killed while writing it)", path)
-    return records
+@dataclass
+class _RunState:
+    """What :meth:`Trainer.run` tracks across its loop: the newest checkpoint, the iteration it holds, a stop."""
 
-
-def _group_std(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Population std of ``rewards`` [N] within each group id of ``groups`` [N] -> [G]."""
-    return torch.stack([rewards[groups == g].std(unbiased=False) for g in torch.unique(groups)])
+    checkpoint: Path | None
+    saved_at: int
+    stopped: bool = False
 
 
 class Trainer:
     """One training run (see the module doc). Build it, then :meth:`run` (or use :func:`train`).
 
-    Attributes: ``config`` (resolved: prompts read from ``prompts_file``), ``denoiser``, ``reward``,
-    ``params`` (LoRA weights, float32), ``optimizer`` (AdamW), ``lr_scheduler`` (LambdaLR),
-    ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations), ``optimizer_steps``,
+    The objects it trains are injected: ``denoiser``, ``reward`` (a callable scoring images) and ``adapter``
+    (the LoRA on the denoiser, a :class:`~progrpo.lora.adapter.LoraAdapter`); ``identity`` says what they are
+    (recorded in checkpoints and the LoRA's metadata, compared on resume). :meth:`from_run` builds all of
+    them from a :class:`~progrpo.train.run_config.RunConfig` (the CLI, :func:`train`).
+
+    Attributes: ``config`` (resolved: prompts read from ``prompts_file``), ``identity``, ``denoiser``,
+    ``reward``, ``adapter``, ``params`` (LoRA weights, float32), ``optimizer`` (AdamW), ``lr_scheduler``
+    (LambdaLR), ``ema`` (:class:`LoraEMA` or None), ``iteration`` (completed iterations),
+    ``optimizer_steps``, ``metrics`` (:class:`~progrpo.train.metrics.MetricsLog`; ``history`` its records),
     ``distributed`` (this process's rank; see :mod:`progrpo.train.distributed`).
 
     Under ``torchrun`` / ``accelerate launch`` each process builds its own Trainer; the iteration's
@@ -159,29 +156,21 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        denoiser: Denoiser | None = None,
-        reward: Any | None = None,
-        adapter: LoraAdapter | None = None,
+        *,
+        identity: RunIdentity,
+        denoiser: Denoiser,
+        reward: Any,
+        adapter: LoraAdapter,
         distributed: DistributedContext | None = None,
     ) -> None:
         self.config = config.resolved()
-        self.distributed = DistributedContext.from_environment(self.config.device) if distributed is None else distributed
+        self.identity = identity
+        self.distributed = DistributedContext.from_environment(identity.device) if distributed is None else distributed
         self.distributed.check_divides(self.config.prompts_per_iteration)
         self.prompts: list[str] = list(self.config.prompts or [])
         self.output_dir = Path(self.config.output_dir)
-        if denoiser is None:
-            denoiser = load_model(self.config, self.distributed.device(self.config.device))
-        self.denoiser = denoiser
-        network = getattr(self.denoiser, "network", None)
-        if adapter is None and not isinstance(network, torch.nn.Module):
-            raise ProGRPOConfigError(
-                f"denoiser {type(self.denoiser).__name__} has no .network module to put the LoRA on; "
-                "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline) or pass adapter=."
-            )
-        self.network = network
-        self.reward = build_rewards(self.config.rewards, default_device=self.config.device) if reward is None else reward
-        # default: peft on the diffusers network (eval mode for sampling, float32 LoRA weights)
-        self.adapter: LoraAdapter = PeftLoraAdapter(network, self.config.lora) if adapter is None else adapter
+        self.denoiser, self.reward, self.adapter = denoiser, reward, adapter
+        self.network = getattr(denoiser, "network", None)  # the diffusers network, when there is one
         self.params = self.adapter.parameters()
         optim = self.config.optim
         self.optimizer = torch.optim.AdamW(
@@ -193,7 +182,7 @@ class Trainer:
         self.iteration = 0
         self.optimizer_steps = 0
         self.bad_iterations = BadIterations(self.config.max_bad_iterations)
-        self.history: list[dict[str, Any]] = []
+        self.metrics = MetricsLog(self.output_dir, writes=self.distributed.is_main)
         self._warned_at = -(10**9)  # iteration of the last "learning nothing" warning
         self.last_rollout: Rollout | None = None
         seed = self.config.seed
@@ -204,6 +193,43 @@ class Trainer:
         }
         self._stepped = False
         self.optimizer.register_step_post_hook(self._mark_stepped)
+
+    @classmethod
+    def from_run(cls, run: RunConfig, distributed: DistributedContext | None = None, *,
+                 denoiser: Denoiser | None = None, reward: Any | None = None) -> Trainer:
+        """A trainer for ``run``: its model loaded, its rewards built, a peft LoRA put on the model's network.
+
+        ``denoiser`` / ``reward`` replace the loaded model / built rewards (tests, custom rewards); the
+        recorded identity stays ``run``'s.
+        """
+        run = run.resolved()  # a bad prompts file fails before the model loads
+        distributed = DistributedContext.from_environment(run.device) if distributed is None else distributed
+        distributed.check_divides(run.prompts_per_iteration)
+        if denoiser is None:
+            denoiser = load_model(run, distributed.device(run.device))
+        network = getattr(denoiser, "network", None)
+        if not isinstance(network, torch.nn.Module):
+            raise ProGRPOConfigError(
+                f"denoiser {type(denoiser).__name__} has no .network module to put the LoRA on; "
+                "use a diffusers denoiser (load_diffusers_denoiser / denoiser_from_pipeline) or build "
+                "Trainer(config, identity=..., adapter=...) with your own LoraAdapter.",
+                field="model",
+            )
+        if reward is None:
+            reward = build_rewards(run.rewards, default_device=run.device)
+        # peft on the diffusers network (eval mode for sampling, float32 LoRA weights)
+        adapter = PeftLoraAdapter(network, run.lora)
+        return cls(run.training(), identity=run.identity(), denoiser=denoiser, reward=reward, adapter=adapter,
+                   distributed=distributed)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metric records of the completed iterations (as in ``metrics.jsonl``)."""
+        return self.metrics.history
+
+    def record(self) -> dict[str, Any]:
+        """This run's flat config record (:func:`~progrpo.train.run_config.run_record`)."""
+        return run_record(self.config, self.identity)
 
     def _mark_stepped(self, *_: Any) -> None:
         self._stepped = True
@@ -238,55 +264,23 @@ class Trainer:
         the advantages or the gradient went NaN/inf (weights, optimiser, lr, EMA and RNG untouched);
         :meth:`run` then records the skip (:meth:`skip_iteration`) and goes on.
         """
-        k, seed, distributed = self.iteration, self.config.seed, self.distributed
-        if distributed.is_main:
+        k = self.iteration
+        if self.distributed.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self._stepped = False
         with self._own_rng():
-            # every rank draws the same global prompts and samples its block of them
-            prompts = choose_prompts(self.prompts, self.config.prompts_per_iteration, _generator(seed, "prompts", k))
-            shard = distributed.row_shard(len(prompts))
-            # all prompts encoded on every rank, then its rows kept: the text encoder's output must not
-            # depend on the world size (CPU kernels round differently for other batch sizes)
-            conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
-            if distributed.enabled:
-                conditioning = conditioning.take(distributed.shard_rows(len(prompts)))
-            reward = GuardedReward(self.reward)  # names a failing reward; notes NaN/inf instead of raising
-            rollout = expand_and_prune_rollout(
-                self.denoiser, conditioning, reward, self.rollout_config(k), shard=shard
-            )
-            raise_if_any_rank_bad(reward, rollout.log_probs, distributed)
-            grpo = self.config.grpo
-            # advantages over the global batch (rank-major = single-process order), this rank's rows kept
-            rewards = distributed.all_gather(rollout.final_rewards)
-            groups = distributed.all_gather(rollout.prompt_index + shard.prompt_offset)
-            all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip,
-                                              epsilon=grpo.adv_epsilon)
-            check_finite("advantages", all_advantages, "advantages")
-            first = distributed.rank * rollout.num_survivors
-            advantages = all_advantages[first: first + rollout.num_survivors]
-            lr = float(self.lr_scheduler.get_last_lr()[0])
-            update = grpo_update(
-                self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
-                _generator(seed, "timesteps", k), grad_clip=self.config.optim.grad_clip, adapter=self.adapter,
-                distributed=distributed, lr_scheduler=self.lr_scheduler, ema=self.ema,
-            )
-            if update["step_skipped"]:
-                self._stepped = False  # grpo_update restored the weights, optimiser, lr and EMA
-            check_update(update)  # a skipped step skips the whole iteration (no lr/EMA step either)
+            rollout, rewards, groups, all_advantages, update, lr = self._rollout_and_update(k)
         self.optimizer_steps += int(update["optimizer_steps"])
         self.last_rollout = rollout  # for live views (the nodes' preview image)
         self.iteration += 1
         self._stepped = False
-        record = self._record(k, rollout, rewards, groups, all_advantages, update, lr, time.perf_counter() - started)
+        record = iteration_record(k, rollout, rewards, groups, all_advantages, update, lr,
+                                  time.perf_counter() - started, self.distributed.world_size)
         record.update(self.bad_iterations.passed())
         if self.config.eval_every and self.iteration % self.config.eval_every == 0:
             record["eval_reward"] = self.held_out_reward()
-        self.history.append(record)
-        if distributed.is_main:
-            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record) + "\n")
+        self.metrics.append(record)
         logger.info(
             "iteration %d/%d: reward %.4f +- %.4f, loss %.4g, grad norm %.3g, %d survivors, %d of %d groups tied, %.1fs",
             self.iteration, self.config.iterations, record["reward_mean"], record["reward_std"],
@@ -295,6 +289,41 @@ class Trainer:
         )
         self._warn_if_learning_nothing()
         return record
+
+    def _rollout_and_update(self, k: int) -> tuple[Rollout, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float],
+                                                   float]:
+        """Iteration ``k``'s rollout and update (under the trainer's RNG): the rollout, the global batch's
+        rewards, group ids and advantages [N], the update's metrics and the lr it stepped with."""
+        seed, distributed, grpo = self.config.seed, self.distributed, self.config.grpo
+        # every rank draws the same global prompts and samples its block of them
+        prompts = choose_prompts(self.prompts, self.config.prompts_per_iteration, _generator(seed, "prompts", k))
+        shard = distributed.row_shard(len(prompts))
+        # all prompts encoded on every rank, then its rows kept: the text encoder's output must not
+        # depend on the world size (CPU kernels round differently for other batch sizes)
+        conditioning = self.denoiser.encode_prompts(prompts, self.config.negative_prompt)
+        if distributed.enabled:
+            conditioning = conditioning.take(distributed.shard_rows(len(prompts)))
+        reward = GuardedReward(self.reward)  # names a failing reward; notes NaN/inf instead of raising
+        rollout = expand_and_prune_rollout(self.denoiser, conditioning, reward, self.rollout_config(k), shard=shard)
+        raise_if_any_rank_bad(reward, rollout.log_probs, distributed)
+        # advantages over the global batch (rank-major = single-process order), this rank's rows kept
+        rewards = distributed.all_gather(rollout.final_rewards)
+        groups = distributed.all_gather(rollout.prompt_index + shard.prompt_offset)
+        all_advantages = group_advantages(rewards, groups, std_mode=grpo.std_mode, clip=grpo.adv_clip,
+                                          epsilon=grpo.adv_epsilon)
+        check_finite("advantages", all_advantages, "advantages")
+        first = distributed.rank * rollout.num_survivors
+        advantages = all_advantages[first: first + rollout.num_survivors]
+        lr = float(self.lr_scheduler.get_last_lr()[0])
+        update = grpo_update(
+            self.denoiser, rollout, advantages, self.optimizer, grpo, self.params,
+            _generator(seed, "timesteps", k), adapter=self.adapter, grad_clip=self.config.optim.grad_clip,
+            distributed=distributed, lr_scheduler=self.lr_scheduler, ema=self.ema,
+        )
+        if update["step_skipped"]:
+            self._stepped = False  # grpo_update restored the weights, optimiser, lr and EMA
+        check_update(update)  # a skipped step skips the whole iteration (no lr/EMA step either)
+        return rollout, rewards, groups, all_advantages, update, lr
 
     def _warn_if_learning_nothing(self, window: int = 10, every: int = 50) -> None:
         """Warn (then every ``every`` iterations) when most groups of the last ``window`` iterations tied.
@@ -318,8 +347,8 @@ class Trainer:
 
     @property
     def reward_label(self) -> str:
-        """The reward as the config names it (the nodes store the reward's description under ``reward``)."""
-        return " + ".join(str(spec.get("reward", name)) for name, spec in self.config.rewards.items())
+        """The reward as the identity names it (the nodes store the reward's description under ``reward``)."""
+        return " + ".join(str(spec.get("reward", name)) for name, spec in self.identity.rewards.items())
 
     def skip_iteration(self, fault: NonFiniteIteration, seconds: float = 0.0) -> dict[str, Any]:
         """Count iteration ``self.iteration`` as skipped for ``fault``; returns (and writes) its metric record."""
@@ -327,43 +356,9 @@ class Trainer:
         record = skipped_record(k, self.bad_iterations.skipped(k, fault), float(self.lr_scheduler.get_last_lr()[0]),
                                 seconds)
         self.iteration += 1
-        self.history.append(record)
-        if self.distributed.is_main:
-            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record) + "\n")
+        self.metrics.append(record)
         logger.warning("iteration %d/%d skipped (%s); %d in a row, stop at %d", self.iteration, self.config.iterations,
                        fault, self.bad_iterations.consecutive, self.bad_iterations.limit)
-        return record
-
-    def _record(self, k: int, rollout: Rollout, rewards: torch.Tensor, groups: torch.Tensor, advantages: torch.Tensor,
-                update: dict[str, float], lr: float, seconds: float) -> dict[str, Any]:
-        """One metrics line. ``rewards``/``groups``/``advantages`` [N] are the global batch's; the
-        preview, pruning and ledger fields are this process's shard (all of it on one process)."""
-        group_std = _group_std(rewards, groups)
-        record: dict[str, Any] = {
-            "iteration": k,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
-            "reward_group_std": float(group_std.mean()),
-            "zero_std_groups": float((group_std < 1e-6).float().mean()),
-            "zero_variance_groups": int((group_std < 1e-6).sum()),
-            "survivors": int(rewards.shape[0]),
-            "prompts": int(torch.unique(groups).numel()),
-            "processes": self.distributed.world_size,
-            "lr": lr,
-            **update,
-            "rows": int(update["rows"]),
-            "preview_reward_mean": [float(v.nanmean()) for v in rollout.preview_rewards],
-            "group_std_before": rollout.group_std_before.tolist(),
-            "group_std_after": rollout.group_std_after.tolist(),
-            # paper Observation 1: trained trajectories whose advantage is ~0 teach nothing
-            "clustering_fraction": clustering_fraction(advantages),
-            "preview_final_spearman": {  # None where no group had 3+ survivors to rank
-                str(step): (value if value == value else None) for step, value in preview_final_correlation(rollout).items()
-            },
-            "ledger": rollout.ledger.as_dict(),
-            "wall_time": seconds,
-        }
         return record
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -418,7 +413,7 @@ class Trainer:
         (``wait_for_ranks``) and return the same path.
         """
         if self.distributed.is_main:
-            folder = save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.config.to_dict())
+            folder = save_checkpoint(self.output_dir, self.adapter, self.training_state(), self.record())
             prune_checkpoints(self.output_dir, self.config.keep_last)  # older ones only, after the new one is whole
         else:
             folder = self.output_dir / CHECKPOINTS_DIR / checkpoint_name(self.iteration)
@@ -429,7 +424,7 @@ class Trainer:
     def resume(self, resume_from: str | Path) -> Path:
         """Restore a checkpoint (``"latest"`` or a folder); refuses one written with a different config."""
         folder = resolve_checkpoint(self.output_dir, resume_from)
-        check_resume_compatible(read_checkpoint_config(folder), self.config.to_dict(), folder)
+        check_resume_compatible(read_checkpoint_config(folder), self.record(), folder)
         state = load_checkpoint(folder, self.adapter)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.lr_scheduler)
@@ -445,13 +440,13 @@ class Trainer:
 
     def export_metadata(self) -> dict[str, Any]:
         """Run information written into the exported LoRA's metadata."""
-        config, rollout = self.config, self.config.rollout
+        config, rollout, identity = self.config, self.config.rollout, self.identity
         return {
-            "base_model": config.model,
+            "base_model": identity.model,
             "steps": self.optimizer_steps,
             "iterations": self.iteration,
-            "rewards": {name: float(spec.get("weight", 1.0)) for name, spec in config.rewards.items()},
-            "reward_spec": config.rewards,
+            "rewards": {name: float(spec.get("weight", 1.0)) for name, spec in identity.rewards.items()},
+            "reward_spec": identity.rewards,
             "group_size": rollout.group_size,
             "final_group_size": rollout.final_group_size,
             "prune_schedule": "" if rollout.prune_schedule is None else str(rollout.prune_schedule),
@@ -489,36 +484,63 @@ class Trainer:
         resume_from: str | Path | None = None,
     ) -> TrainResult:
         """Train up to ``config.iterations`` (see :func:`train`)."""
-        from tqdm.auto import tqdm
+        resumed = self._start(resume_from)
+        # A resumed state is its checkpoint: never rewrite the folder ``latest`` names.
+        state = _RunState(checkpoint=resumed, saved_at=self.iteration if resumed is not None else -1)
+        try:
+            self._loop(state, progress, should_stop)
+        except KeyboardInterrupt:
+            if state.saved_at != self.iteration:
+                self.checkpoint_on_interrupt()
+            raise
+        except ProGRPORewardError as error:
+            raise reward_failure(error, self.iteration, self._checkpoint_after_fault(state.saved_at)) from error.__cause__
+        except torch.OutOfMemoryError as error:
+            if isinstance(error, ProGRPOOutOfMemoryError):
+                raise
+            settings = {"micro_batch_rows": self.config.grpo.micro_batch_rows,
+                        "max_batch_rows": self.config.rollout.max_batch_rows,
+                        "width": self.config.rollout.width, "height": self.config.rollout.height}
+            raise out_of_memory(error, self.iteration, self._checkpoint_after_fault(state.saved_at), settings) from error
+        if state.saved_at != self.iteration:
+            state.checkpoint = self.save_checkpoint()
+        main = self.distributed.is_main
+        lora_path = self.export_lora() if main else None
+        curve_path = self.plot_curve() if main else None
+        return TrainResult(self.output_dir, self.iteration, state.stopped, lora_path, state.checkpoint, curve_path,
+                           list(self.history))
 
+    def _start(self, resume_from: str | Path | None) -> Path | None:
+        """Resume (when asked), keep the metrics of the completed iterations, write ``config.yaml``; returns
+        the checkpoint resumed from."""
         main = self.distributed.is_main
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume(resume_from) if resume_from is not None else None
-        if resumed is None and main and (self.output_dir / "checkpoints").is_dir():
+        if resumed is None and main and (self.output_dir / CHECKPOINTS_DIR).is_dir():
             logger.warning(
                 "%s already holds checkpoints; this fresh run overwrites them as it goes "
                 "(pass resume_from='latest' to continue instead)", self.output_dir,
             )
-        metrics_path = self.output_dir / METRICS_FILE
         # Keep only the records of iterations this state has completed (a crash may leave later ones).
-        self.history = [r for r in _read_metrics(metrics_path) if r["iteration"] < self.iteration]
+        self.metrics.read_completed(self.iteration)
         self.distributed.barrier()  # every rank has read the metrics before rank 0 rewrites them
         if main:
             remove_stale_temps(self.output_dir, self.output_dir / CHECKPOINTS_DIR)  # left by a killed run
-            save_config(self.config, self.output_dir / CONFIG_FILE)
-            # atomic: a kill mid-rewrite must not lose the records of the checkpointed iterations
-            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+            save_config(self.record(), self.output_dir / CONFIG_FILE)
+            self.metrics.rewrite()
+        return resumed
+
+    def _loop(self, state: _RunState, progress: ProgressCallback | None, should_stop: StopCallback | None) -> None:
+        """Iterate until ``config.iterations``, a stop request or a fault; checkpoint when due."""
+        from tqdm.auto import tqdm
+
         total, every = self.config.iterations, self.config.checkpoint_every
-        # A resumed state is its checkpoint: never rewrite the folder ``latest`` names.
-        checkpoint: Path | None = resumed
-        saved_at = self.iteration if resumed is not None else -1
-        stopped = False
         bar = tqdm(total=total, initial=min(self.iteration, total), desc="Pro-GRPO", unit="it", disable=None)
         try:
             while self.iteration < total:
                 if should_stop is not None and should_stop():
-                    stopped = True
+                    state.stopped = True
                     logger.info("stop requested after iteration %d", self.iteration)
                     break
                 started = time.perf_counter()
@@ -532,30 +554,12 @@ class Trainer:
                 if progress is not None:
                     progress(self.iteration, total)
                 if every and self.iteration % every == 0:
-                    checkpoint, saved_at = self.save_checkpoint(), self.iteration
+                    state.checkpoint, state.saved_at = self.save_checkpoint(), self.iteration
                 if self.bad_iterations.exhausted:
-                    folder = self._checkpoint_after_fault(saved_at)
+                    folder = self._checkpoint_after_fault(state.saved_at)
                     raise self.bad_iterations.stop_error(self.iteration - 1, folder)
-        except KeyboardInterrupt:
-            if saved_at != self.iteration:
-                self.checkpoint_on_interrupt()
-            raise
-        except ProGRPORewardError as error:
-            raise reward_failure(error, self.iteration, self._checkpoint_after_fault(saved_at)) from error.__cause__
-        except torch.OutOfMemoryError as error:
-            if isinstance(error, ProGRPOOutOfMemoryError):
-                raise
-            settings = {"micro_batch_rows": self.config.grpo.micro_batch_rows,
-                        "max_batch_rows": self.config.rollout.max_batch_rows,
-                        "width": self.config.rollout.width, "height": self.config.rollout.height}
-            raise out_of_memory(error, self.iteration, self._checkpoint_after_fault(saved_at), settings) from error
         finally:
             bar.close()
-        if saved_at != self.iteration:
-            checkpoint = self.save_checkpoint()
-        lora_path = self.export_lora() if main else None
-        curve_path = self.plot_curve() if main else None
-        return TrainResult(self.output_dir, self.iteration, stopped, lora_path, checkpoint, curve_path, list(self.history))
 
     def _checkpoint_after_fault(self, saved_at: int) -> Path | None:
         """The checkpoint of the last completed iteration when a fault stops the run (None: not written here).
@@ -581,20 +585,20 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig,
+    run: RunConfig,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     resume_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train a LoRA with (Pro-)GRPO as ``config`` says; see :class:`Trainer`.
+    """Train a LoRA with (Pro-)GRPO as ``run`` says; see :class:`Trainer` (built with :meth:`Trainer.from_run`).
 
     Args:
         progress: ``progress(completed_iterations, total)`` after every iteration.
         should_stop: polled before every iteration; returning True checkpoints, exports and returns
             (``TrainResult.stopped``). Ctrl-C (KeyboardInterrupt) checkpoints the last completed
             iteration and re-raises.
-        resume_from: ``"latest"`` (the newest checkpoint of ``config.output_dir``) or a checkpoint
+        resume_from: ``"latest"`` (the newest checkpoint of ``run.output_dir``) or a checkpoint
             folder; the config must match the checkpoint's except ``iterations``, ``output_dir``,
             ``checkpoint_every`` and the rollout's ``measure_flops`` / ``keep_images``.
     """
-    return Trainer(config).run(progress=progress, should_stop=should_stop, resume_from=resume_from)
+    return Trainer.from_run(run).run(progress=progress, should_stop=should_stop, resume_from=resume_from)

@@ -31,7 +31,7 @@ from ..dynamics import StepOutput, policy_step
 from ..errors import ProGRPOConfigError
 from ..ledger import ComputeLedger
 from ..log import logger
-from ..lora import lora_disabled
+from ..lora.adapter import LoraAdapter
 from ..rollout import Rollout
 from ..schedule import StepCoefficients
 from .config import GRPOConfig
@@ -120,17 +120,6 @@ def _local_pairs(pairs: TrainingPairs, global_ids: torch.Tensor, survivor_offset
     return TrainingPairs(rows=pairs.rows[local_ids], steps=pairs.steps[local_ids])
 
 
-@contextlib.contextmanager
-def _training_mode(network: torch.nn.Module) -> Iterator[None]:
-    """``network.train()`` inside the block (LoRA dropout active, as DDPO's ``unet.train()``), mode restored after."""
-    was_training = network.training
-    network.train()
-    try:
-        yield
-    finally:
-        network.train(was_training)
-
-
 @dataclass(frozen=True)
 class _Batch:
     """Tensors of one micro-batch of B pairs, on the rollout's device."""
@@ -194,7 +183,8 @@ def accumulate_policy_gradient(
     pairs: TrainingPairs,
     grpo_config: GRPOConfig,
     ledger: ComputeLedger | None = None,
-    adapter: Any | None = None,
+    *,
+    adapter: LoraAdapter,
 ) -> dict[str, float]:
     """Backpropagate the mean GRPO loss over ``pairs`` into ``.grad`` (accumulating; no optimiser step).
 
@@ -204,72 +194,79 @@ def accumulate_policy_gradient(
         advantages: [S] one per survivor (clamped here to ``grpo_config.adv_clip``).
         pairs: from :func:`select_training_pairs`.
         ledger: counts ``backward_rows`` and ``training`` FLOPs (default: ``rollout.ledger``).
-        adapter: the :class:`progrpo.lora.adapter.LoraAdapter` being trained (its ``disabled()``
-            gives the KL reference, ``training()`` the train mode); default: peft on ``denoiser.network``.
+        adapter: the LoRA being trained (:class:`progrpo.lora.adapter.LoraAdapter`): its ``disabled()``
+            gives the KL reference, ``training()`` the train mode.
 
     Returns:
         means over the pairs: ``loss``, ``policy_loss``, ``kl`` (0 when ``kl_beta == 0``: not
         computed; scaled as ``grpo_config.kl_form`` says), ``approx_kl``, ``clip_fraction``,
         ``ratio_mean``, ``ratio_deviation`` (mean |ratio - 1|), and ``rows`` (N).
     """
+    advantages = _clipped_advantages(rollout, advantages, grpo_config.adv_clip)
+    ledger = rollout.ledger if ledger is None else ledger
+    total = len(pairs)
+    sums = {"policy_loss": 0.0, "kl": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "deviation": 0.0}
+    with adapter.training():
+        for start in range(0, total, grpo_config.micro_batch_rows):
+            rows = pairs.rows[start:start + grpo_config.micro_batch_rows]
+            batch = _micro_batch(rollout, rows, pairs.steps[start:start + grpo_config.micro_batch_rows])
+            with ledger.count_flops("training"):
+                step, per_row = _backward_micro_batch(denoiser, rollout, batch, advantages[rows.to(advantages.device)],
+                                                      grpo_config, adapter, total, sums)
+            ledger.backward_rows += int(rows.shape[0])
+            _add_ratio_sums(sums, step.log_prob.detach(), batch.old_log_prob, per_row, grpo_config.clip_range)
+    return _pair_means(sums, total, grpo_config.kl_beta)
+
+
+def _clipped_advantages(rollout: Rollout, advantages: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """``advantages`` [S] checked against the rollout's survivors, as float32 on its device, clamped to ``clip``."""
     if advantages.shape != (rollout.num_survivors,):
         raise ProGRPOConfigError(
             f"advantages have shape {tuple(advantages.shape)} but the rollout has {rollout.num_survivors} "
             "survivors; pass one advantage per survivor (group_advantages(rollout.final_rewards, rollout.prompt_index))."
         )
-    ledger = rollout.ledger if ledger is None else ledger
-    total = len(pairs)
-    clip = grpo_config.adv_clip
     advantages = advantages.float().to(rollout.latents.device)
-    if clip is not None:
-        advantages = advantages.clamp(-clip, clip)
-    network = getattr(denoiser, "network", None)
-    if adapter is None and grpo_config.kl_beta > 0 and not isinstance(network, torch.nn.Module):
-        raise ProGRPOConfigError(
-            "grpo.kl_beta > 0 needs the denoiser's LoRA network (denoiser.network) or a LoRA adapter for the "
-            "reference policy; set kl_beta to 0, pass adapter=, or use a diffusers denoiser."
-        )
+    return advantages.clamp(-clip, clip) if clip is not None else advantages
 
-    def reference() -> contextlib.AbstractContextManager[Any]:
-        return adapter.disabled() if adapter is not None else lora_disabled(network)
 
-    sums = {"policy_loss": 0.0, "kl": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "deviation": 0.0}
-    if adapter is not None:
-        mode = adapter.training()
-    else:
-        mode = _training_mode(network) if isinstance(network, torch.nn.Module) else contextlib.nullcontext()
-    with mode:
-        for start in range(0, total, grpo_config.micro_batch_rows):
-            rows = pairs.rows[start:start + grpo_config.micro_batch_rows]
-            batch = _micro_batch(rollout, rows, pairs.steps[start:start + grpo_config.micro_batch_rows])
-            with ledger.count_flops("training"):
-                step = _policy(denoiser, rollout, batch)
-                per_row = clipped_surrogate(
-                    step.log_prob, batch.old_log_prob, advantages[rows.to(advantages.device)], grpo_config.clip_range
-                )
-                loss = per_row.sum()
-                if grpo_config.kl_beta > 0:
-                    # Flow-GRPO: the reference is the same network with the adapter disabled (no copy).
-                    with torch.no_grad(), reference():
-                        reference_mean = _policy(denoiser, rollout, batch).mean
-                    kl = KL_FORMS[grpo_config.kl_form](step.mean, reference_mean, step.std,
-                                                       _kl_dt(rollout.config.dynamics, batch.coeffs))
-                    loss = loss + grpo_config.kl_beta * kl.sum()
-                    sums["kl"] += float(kl.detach().sum())
-                # Scaled by the micro-batch's share: accumulated grads equal the full-batch mean's
-                # (times loss_scale, undone on the float32 LoRA gradients: see progrpo.train.precision).
-                (loss * grpo_config.loss_scale / total).backward()
-            ledger.backward_rows += int(rows.shape[0])
-            new_log_prob, old_log_prob = step.log_prob.detach(), batch.old_log_prob
-            sums["policy_loss"] += float(per_row.detach().sum())
-            sums["approx_kl"] += float(approx_kl(new_log_prob, old_log_prob).sum())
-            sums["clip_fraction"] += float(clip_fraction(new_log_prob, old_log_prob, grpo_config.clip_range).sum())
-            ratio = torch.exp(log_ratio(new_log_prob, old_log_prob))
-            sums["ratio"] += float(ratio.sum())
-            sums["deviation"] += float((ratio - 1.0).abs().sum())
+def _backward_micro_batch(denoiser: Denoiser, rollout: Rollout, batch: _Batch, advantages: torch.Tensor,
+                          grpo_config: GRPOConfig, adapter: LoraAdapter, total: int,
+                          sums: dict[str, float]) -> tuple[StepOutput, torch.Tensor]:
+    """One micro-batch's clipped loss (+ KL to the adapter-disabled reference), backpropagated as its share of
+    the mean over ``total`` pairs; adds its KL to ``sums``. Returns the policy step and per-row surrogate [B]."""
+    step = _policy(denoiser, rollout, batch)
+    per_row = clipped_surrogate(step.log_prob, batch.old_log_prob, advantages, grpo_config.clip_range)
+    loss = per_row.sum()
+    if grpo_config.kl_beta > 0:
+        # Flow-GRPO: the reference is the same network with the adapter disabled (no copy).
+        with torch.no_grad(), adapter.disabled():
+            reference_mean = _policy(denoiser, rollout, batch).mean
+        kl = KL_FORMS[grpo_config.kl_form](step.mean, reference_mean, step.std,
+                                           _kl_dt(rollout.config.dynamics, batch.coeffs))
+        loss = loss + grpo_config.kl_beta * kl.sum()
+        sums["kl"] += float(kl.detach().sum())
+    # Scaled by the micro-batch's share: accumulated grads equal the full-batch mean's
+    # (times loss_scale, undone on the float32 LoRA gradients: see progrpo.train.precision).
+    (loss * grpo_config.loss_scale / total).backward()
+    return step, per_row
+
+
+def _add_ratio_sums(sums: dict[str, float], new_log_prob: torch.Tensor, old_log_prob: torch.Tensor,
+                    per_row: torch.Tensor, clip_range: float) -> None:
+    """Add a micro-batch's surrogate, approx-KL, clip-fraction and ratio sums (over its rows) to ``sums``."""
+    sums["policy_loss"] += float(per_row.detach().sum())
+    sums["approx_kl"] += float(approx_kl(new_log_prob, old_log_prob).sum())
+    sums["clip_fraction"] += float(clip_fraction(new_log_prob, old_log_prob, clip_range).sum())
+    ratio = torch.exp(log_ratio(new_log_prob, old_log_prob))
+    sums["ratio"] += float(ratio.sum())
+    sums["deviation"] += float((ratio - 1.0).abs().sum())
+
+
+def _pair_means(sums: dict[str, float], total: int, kl_beta: float) -> dict[str, float]:
+    """The sums over ``total`` pairs as :func:`accumulate_policy_gradient`'s means."""
     means = {name: value / total for name, value in sums.items()}
     return {
-        "loss": means["policy_loss"] + grpo_config.kl_beta * means["kl"],
+        "loss": means["policy_loss"] + kl_beta * means["kl"],
         "policy_loss": means["policy_loss"],
         "kl": means["kl"],
         "approx_kl": means["approx_kl"],
@@ -289,9 +286,9 @@ def grpo_update(
     trainable_params: Sequence[torch.nn.Parameter],
     generator: torch.Generator,
     *,
+    adapter: LoraAdapter,
     grad_clip: float | None = 1.0,
     ledger: ComputeLedger | None = None,
-    adapter: Any | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
     lr_scheduler: Any | None = None,
     ema: LoraEMA | None = None,
@@ -306,9 +303,9 @@ def grpo_update(
         advantages: [S] per survivor, e.g. ``group_advantages(rollout.final_rewards, rollout.prompt_index)``.
         trainable_params: the LoRA parameters (grad-norm clipping runs over them).
         generator: CPU generator for the trained steps (``timestep_rule="random"``) and the minibatch split.
+        adapter: the LoRA trained (:class:`progrpo.lora.adapter.LoraAdapter`: KL reference and train mode).
         grad_clip: max global grad norm per step (None: measure only).
         ledger: receives ``backward_rows`` and training FLOPs (default ``rollout.ledger``).
-        adapter: the LoRA adapter trained (KL reference and train mode); default peft on ``denoiser.network``.
         distributed: this process's rank when the batch is split across processes; ``rollout`` and
             ``advantages`` are then this rank's rows. The minibatch split is drawn over the GLOBAL
             pairs (independent of the number of processes), gradients are all-reduced before
@@ -319,11 +316,7 @@ def grpo_update(
     params = list(trainable_params)
     if not params:
         raise ProGRPOConfigError("trainable_params is empty; pass the parameters returned by add_lora.")
-    survivors = distributed.all_gather(torch.tensor([rollout.num_survivors]))
-    offset, total_survivors = int(survivors[: distributed.rank].sum()), int(survivors.sum())
-    pairs = select_training_pairs(rollout, grpo_config.timestep_fraction, generator, survivor_offset=offset,
-                                  total_survivors=total_survivors, rule=grpo_config.timestep_rule,
-                                  train_last_step=grpo_config.train_last_step)
+    pairs, offset, total_survivors = _rank_pairs(rollout, grpo_config, generator, distributed)
     per_survivor = len(pairs) // rollout.num_survivors
     snapshot = _Snapshot(params, optimizer, lr_scheduler, ema)
     steps: list[dict[str, float]] = []
@@ -344,14 +337,25 @@ def grpo_update(
     return _combined(steps, skipped=False)
 
 
+def _rank_pairs(rollout: Rollout, grpo_config: GRPOConfig, generator: torch.Generator,
+                distributed: DistributedContext) -> tuple[TrainingPairs, int, int]:
+    """This rank's trained pairs, drawn over the global survivors, with its survivor offset and the global count."""
+    survivors = distributed.all_gather(torch.tensor([rollout.num_survivors]))
+    offset, total_survivors = int(survivors[: distributed.rank].sum()), int(survivors.sum())
+    pairs = select_training_pairs(rollout, grpo_config.timestep_fraction, generator, survivor_offset=offset,
+                                  total_survivors=total_survivors, rule=grpo_config.timestep_rule,
+                                  train_last_step=grpo_config.train_last_step)
+    return pairs, offset, total_survivors
+
+
 def _one_step(denoiser: Denoiser, rollout: Rollout, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
               grpo_config: GRPOConfig, params: list[torch.nn.Parameter], pairs: TrainingPairs,
-              grad_clip: float | None, ledger: ComputeLedger | None, adapter: Any | None,
+              grad_clip: float | None, ledger: ComputeLedger | None, adapter: LoraAdapter,
               distributed: DistributedContext) -> dict[str, float]:
     """Gradient of the mean loss over one minibatch (all ranks), clipped, one optimiser step (unless non-finite)."""
     optimizer.zero_grad(set_to_none=True)
     if len(pairs):
-        metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter)
+        metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, grpo_config, ledger, adapter=adapter)
         unscale_gradients(params, grpo_config.loss_scale)
     else:  # this rank holds none of the minibatch's pairs: it contributes zeros (same keys: same all-reduce)
         metrics = {name: 0.0 for name in _PAIR_METRICS}

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from progrpo.train import Trainer
 from progrpo.train.checkpoint import resolve_checkpoint
-from progrpo.train.config import save_config
+from progrpo.train.run_config import save_config
 from testkit.training_setup import assert_same_tensors, digits_config, lora_of, records, temp_entries
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ class Reference:
 
     def __init__(self, folder: Path, verifier: Trainer) -> None:
         started = time.perf_counter()
-        Trainer(_config(folder)).run()
+        Trainer.from_run(_config(folder)).run()
         self.seconds = time.perf_counter() - started
         self.lora = {k: lora_of(folder / "checkpoints" / f"iter_{k}", verifier) for k in range(1, ITERATIONS + 1)}
         self.records = [_strip(r) for r in records(folder)]
@@ -64,7 +64,7 @@ def _train(folder: Path, kill_at: tuple[str, int] | None = None) -> None:
     if kill_at is not None:
         _arm_self_kill(*kill_at)
     resume = "latest" if (folder / "checkpoints" / "latest").is_file() else None
-    Trainer(_config(folder)).run(resume_from=resume)
+    Trainer.from_run(_config(folder)).run(resume_from=resume)
 
 
 def _arm_self_kill(stage: str, nth: int) -> None:
@@ -169,7 +169,7 @@ def _check_final(folder: Path, reference: Reference) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Reference:
-    verifier = Trainer(_config(tmp_path_factory.mktemp("verify")))
+    verifier = Trainer.from_run(_config(tmp_path_factory.mktemp("verify")))
     return Reference(tmp_path_factory.mktemp("reference"), verifier)
 
 

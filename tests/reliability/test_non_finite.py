@@ -66,10 +66,10 @@ def test_nan_reward_skips_the_iteration(tmp_path: Path, monkeypatch, call: int, 
     register_scripted(monkeypatch)
     assert (call - 1) // CALLS_PER_ITERATION == 2  # both calls belong to iteration 2
     config = digits_config(tmp_path / "run", iterations=5, rewards=scripted_rewards(nan_calls=[call]))
-    result = Trainer(config).run()
+    result = Trainer.from_run(config).run()
     assert result.iterations_done == 5
     assert "reward 'flaky'" in records(tmp_path / "run")[2]["skipped_detail"]
-    _assert_skipped(tmp_path / "run", 2, "rewards", 5, Trainer(digits_config(tmp_path / "verify", rewards=config.rewards)))
+    _assert_skipped(tmp_path / "run", 2, "rewards", 5, Trainer.from_run(digits_config(tmp_path / "verify", rewards=config.rewards)))
 
 
 class PoisonedDenoiser:
@@ -94,9 +94,9 @@ class PoisonedDenoiser:
 def test_nan_model_output_skips_the_iteration(tmp_path: Path, where: str, quantity: str):
     config = digits_config(tmp_path / "run", iterations=5)
     denoiser = PoisonedDenoiser(load_model(config), bad=2, where=where)
-    result = Trainer(config, denoiser=denoiser).run(progress=lambda done, _: setattr(denoiser, "iteration", done))
+    result = Trainer.from_run(config, denoiser=denoiser).run(progress=lambda done, _: setattr(denoiser, "iteration", done))
     assert result.iterations_done == 5
-    _assert_skipped(tmp_path / "run", 2, quantity, 5, Trainer(digits_config(tmp_path / "verify")))
+    _assert_skipped(tmp_path / "run", 2, quantity, 5, Trainer.from_run(digits_config(tmp_path / "verify")))
 
 
 def test_nan_advantages_skip_the_iteration(tmp_path: Path, monkeypatch):
@@ -111,8 +111,8 @@ def test_nan_advantages_skip_the_iteration(tmp_path: Path, monkeypatch):
         return advantages * float("nan") if len(calls) == 3 else advantages
 
     monkeypatch.setattr(trainer_module, "group_advantages", poisoned)
-    Trainer(digits_config(tmp_path / "run", iterations=5)).run()
-    _assert_skipped(tmp_path / "run", 2, "advantages", 5, Trainer(digits_config(tmp_path / "verify")))
+    Trainer.from_run(digits_config(tmp_path / "run", iterations=5)).run()
+    _assert_skipped(tmp_path / "run", 2, "advantages", 5, Trainer.from_run(digits_config(tmp_path / "verify")))
 
 
 def test_consecutive_bad_iterations_stop_with_a_checkpoint(tmp_path: Path, monkeypatch):
@@ -121,7 +121,7 @@ def test_consecutive_bad_iterations_stop_with_a_checkpoint(tmp_path: Path, monke
     rewards = scripted_rewards(nan_calls=list(range(first_bad, 100)))
     config = digits_config(tmp_path / "run", iterations=8, checkpoint_every=0, max_bad_iterations=3, rewards=rewards)
     with pytest.raises(ProGRPONonFiniteError) as caught:
-        Trainer(config).run()
+        Trainer.from_run(config).run()
     error, folder = caught.value, tmp_path / "run" / "checkpoints" / "iter_5"
     assert (error.quantity, error.iteration) == ("rewards", 4)
     message = str(error)
@@ -133,14 +133,14 @@ def test_consecutive_bad_iterations_stop_with_a_checkpoint(tmp_path: Path, monke
     state = json.loads((folder / "state.json").read_text())
     assert state["optimizer_steps"] == 2 * STEPS_PER_ITERATION and state["extra"]["bad_iterations"] == 3
     # the checkpoint holds the weights of the 2 good iterations: those of a clean 2-iteration run
-    clean = Trainer(digits_config(tmp_path / "clean", iterations=2, rewards=rewards))
+    clean = Trainer.from_run(digits_config(tmp_path / "clean", iterations=2, rewards=rewards))
     clean.run()
-    verifier = Trainer(digits_config(tmp_path / "verify", rewards=rewards))
+    verifier = Trainer.from_run(digits_config(tmp_path / "verify", rewards=rewards))
     assert_same_tensors(lora_of(folder, verifier), lora_of(tmp_path / "clean" / "checkpoints" / "iter_2", verifier),
                         "LoRA at the stop")
     # Resuming is a deliberate retry: the streak restarts, and max_bad_iterations may change on resume.
     still_bad = build_rewards(scripted_rewards(nan_calls=list(range(1, 100))))
-    resumed = Trainer(digits_config(tmp_path / "run", iterations=8, checkpoint_every=0, max_bad_iterations=2,
+    resumed = Trainer.from_run(digits_config(tmp_path / "run", iterations=8, checkpoint_every=0, max_bad_iterations=2,
                                     rewards=rewards), reward=still_bad)
     with pytest.raises(ProGRPONonFiniteError) as again:
         resumed.run(resume_from="latest")

@@ -24,7 +24,7 @@ def test_reward_exception_names_the_reward_and_checkpoints(tmp_path: Path, monke
     rewards = scripted_rewards(raise_calls=[call])
     # checkpoint_every=0: the only checkpoint is the one the failure writes
     config = digits_config(tmp_path / "run", iterations=4, checkpoint_every=0, rewards=rewards)
-    trainer = Trainer(config)
+    trainer = Trainer.from_run(config)
     with pytest.raises(ProGRPORewardError) as caught:
         trainer.run()
     error, folder = caught.value, tmp_path / "run" / "checkpoints" / "iter_2"
@@ -39,8 +39,8 @@ def test_reward_exception_names_the_reward_and_checkpoints(tmp_path: Path, monke
     assert len(records(tmp_path / "run")) == 2
     # Resume with the reward fixed: the final LoRA is the one of a run that never failed.
     healthy = scripted_rewards()
-    Trainer(config, reward=build_rewards(healthy)).run(resume_from="latest")
-    Trainer(digits_config(tmp_path / "clean", iterations=4, checkpoint_every=0, rewards=rewards),
+    Trainer.from_run(config, reward=build_rewards(healthy)).run(resume_from="latest")
+    Trainer.from_run(digits_config(tmp_path / "clean", iterations=4, checkpoint_every=0, rewards=rewards),
             reward=build_rewards(healthy)).run()
     resumed, clean = load_file(str(tmp_path / "run" / "lora.safetensors")), load_file(str(tmp_path / "clean" / "lora.safetensors"))
     assert resumed.keys() == clean.keys()
@@ -55,7 +55,7 @@ def test_custom_reward_object_is_named_by_its_name(tmp_path: Path):
             raise ConnectionError("scorer went away")
 
     with pytest.raises(ProGRPORewardError) as caught:
-        Trainer(digits_config(tmp_path / "run", iterations=2), reward=Broken()).run()
+        Trainer.from_run(digits_config(tmp_path / "run", iterations=2), reward=Broken()).run()
     assert caught.value.reward_name == "my_remote_scorer"
     assert isinstance(caught.value.__cause__, ConnectionError)
     assert "during iteration 0" in str(caught.value) and "iter_0" in str(caught.value)

@@ -1,6 +1,6 @@
 """Property-based fuzzing (hypothesis) of the training config loader, in-process.
 
-``TrainConfig.from_dict`` and ``load_config`` (YAML and JSON files) get mutated versions of a valid config:
+``RunConfig.from_dict`` and ``load_config`` (YAML and JSON files) get mutated versions of a valid config:
 every field, nested ones included, replaced by values of the wrong type, out of range, NaN/inf, huge, empty,
 unicode, nested containers, unknown keys, and whole documents that are not mappings. The property: the
 result is a config or a ProGRPOConfigError whose message is non-empty, never a TypeError / KeyError /
@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from progrpo.errors import ProGRPOConfigError
-from progrpo.train.config import TrainConfig, load_config
+from progrpo.train.run_config import RunConfig, load_config
 
-BASE = TrainConfig(model="tiny:sd", prompts=["a cat"], iterations=2).to_dict()
+BASE = RunConfig(model="tiny:sd", prompts=["a cat"], iterations=2).to_dict()
 SETTINGS = settings(max_examples=400, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -68,7 +68,7 @@ def _accepts_or_explains(call) -> None:
 @SETTINGS
 @given(path=st.sampled_from(PATHS), value=VALUES)
 def test_from_dict_raises_only_config_errors(path, value):
-    _accepts_or_explains(lambda: TrainConfig.from_dict(_mutate(BASE, path, value)))
+    _accepts_or_explains(lambda: RunConfig.from_dict(_mutate(BASE, path, value)))
 
 
 @SETTINGS
@@ -84,7 +84,7 @@ def test_unknown_keys_are_named(extra, section):
     if not added:
         return
     with pytest.raises(ProGRPOConfigError, match="unknown config key"):
-        TrainConfig.from_dict(data)
+        RunConfig.from_dict(data)
 
 
 @settings(max_examples=150, derandomize=True, database=None, deadline=None,
@@ -103,6 +103,6 @@ def test_load_config_files_raise_only_config_errors(tmp_path_factory, document, 
 
 
 def test_the_fuzz_base_is_valid_and_errors_are_reachable():
-    assert TrainConfig.from_dict(BASE).to_dict() == BASE
+    assert RunConfig.from_dict(BASE).to_dict() == BASE
     with pytest.raises(ProGRPOConfigError, match="optim.lr"):
-        TrainConfig.from_dict(_mutate(BASE, ("optim", "lr"), math.nan))
+        RunConfig.from_dict(_mutate(BASE, ("optim", "lr"), math.nan))

@@ -29,7 +29,7 @@ def _run_until_the_third_checkpoint_fails(tmp_path: Path, before_third) -> tuple
             before_third()
 
     with pytest.raises(ProGRPOCheckpointError) as caught:
-        Trainer(digits_config(run, iterations=5)).run(progress=progress)
+        Trainer.from_run(digits_config(run, iterations=5)).run(progress=progress)
     return caught.value, snapshot["before"]
 
 
@@ -39,7 +39,7 @@ def _assert_previous_intact(tmp_path: Path, before: dict[str, str]) -> None:
     after = tree_hashes(root)
     assert {k: v for k, v in after.items() if not k.startswith("iter_3")} == before, "an earlier checkpoint changed"
     assert temp_entries(root) == [], "a temp file or folder was left behind"
-    verifier = Trainer(digits_config(tmp_path / "verify"))
+    verifier = Trainer.from_run(digits_config(tmp_path / "verify"))
     lora_of(root / "iter_2", verifier)  # loads through the real resume path
     assert verifier.iteration == 2
 

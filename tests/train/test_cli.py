@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from progrpo.lora import read_lora_metadata
-from progrpo.train.config import load_config
+from progrpo.train.run_config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "progrpo" / "configs" / "digits_flow_alignment.yaml"

@@ -1,4 +1,4 @@
-"""TrainConfig: dict/YAML/JSON round trips, unknown keys and bad values rejected by name."""
+"""RunConfig: dict/YAML/JSON round trips, unknown keys and bad values rejected by name."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from progrpo.train import (
     RESUME_FREE_FIELDS,
     GRPOConfig,
     OptimConfig,
-    TrainConfig,
+    RunConfig,
     config_differences,
     load_config,
     read_prompts,
@@ -24,7 +24,7 @@ from progrpo.train import (
 )
 
 
-def _config(**overrides) -> TrainConfig:
+def _config(**overrides) -> RunConfig:
     values = {
         "model": "tiny:sd",
         "prompts": ["a red cat", "a dog"],
@@ -43,7 +43,7 @@ def _config(**overrides) -> TrainConfig:
         "negative_prompt": None,
     }
     values.update(overrides)
-    return TrainConfig(**values)
+    return RunConfig(**values)
 
 
 def test_dict_round_trip_is_equal_and_plain():
@@ -54,7 +54,7 @@ def test_dict_round_trip_is_equal_and_plain():
     assert data["optim"]["betas"] == [0.8, 0.99]
     assert data["lora"]["target_modules"] == ["to_q", "to_v"]
     json.dumps(data)  # plain types only
-    rebuilt = TrainConfig.from_dict(data)
+    rebuilt = RunConfig.from_dict(data)
     assert rebuilt == config
     assert isinstance(rebuilt.rollout.prune_schedule, PruneSchedule)
     assert rebuilt.rollout.prune_schedule.checkpoints == ((2, 4), (4, 2))
@@ -70,8 +70,8 @@ def test_file_round_trip(tmp_path: Path, suffix: str):
 
 
 def test_defaults_round_trip_and_partial_yaml(tmp_path: Path):
-    default = TrainConfig(prompts=["a cat"])
-    assert TrainConfig.from_dict(default.to_dict()) == default
+    default = RunConfig(prompts=["a cat"])
+    assert RunConfig.from_dict(default.to_dict()) == default
     path = tmp_path / "small.yaml"
     path.write_text("prompts: [a cat]\ngrpo:\n  kl_beta: 0.04\nrollout:\n  prune_schedule: '5:4'\n")
     loaded = load_config(path)
@@ -91,7 +91,7 @@ def test_defaults_round_trip_and_partial_yaml(tmp_path: Path):
 )
 def test_unknown_key_is_rejected_by_name(data, name):
     with pytest.raises(ProGRPOConfigError, match=f"unknown config key '{name}'"):
-        TrainConfig.from_dict(data)
+        RunConfig.from_dict(data)
 
 
 def test_unknown_key_in_yaml_file(tmp_path: Path):
@@ -137,18 +137,18 @@ def test_unknown_key_in_yaml_file(tmp_path: Path):
 def test_bad_values_name_the_field(data, fragments):
     full = {"prompts": ["a cat"], **data}
     with pytest.raises(ProGRPOConfigError) as error:
-        TrainConfig.from_dict(full)
+        RunConfig.from_dict(full)
     for fragment in fragments:
         assert fragment in str(error.value)
 
 
 def test_exactly_one_prompt_source(tmp_path: Path):
     with pytest.raises(ProGRPOConfigError, match="exactly one of prompts"):
-        TrainConfig()
+        RunConfig()
     file = tmp_path / "p.txt"
     file.write_text("a cat\n")
     with pytest.raises(ProGRPOConfigError, match="exactly one of prompts"):
-        TrainConfig(prompts=["a dog"], prompts_file=str(file))
+        RunConfig(prompts=["a dog"], prompts_file=str(file))
 
 
 def test_prompts_files(tmp_path: Path):
@@ -158,7 +158,7 @@ def test_prompts_files(tmp_path: Path):
     assert read_prompts(tmp_path / "p.txt") == ["a red cat", "a dog"]
     assert read_prompts(tmp_path / "p.json") == ["one", "two"]
     assert read_prompts(tmp_path / "p.jsonl") == ["x", "y"]
-    config = TrainConfig(prompts_file=str(tmp_path / "p.txt"))
+    config = RunConfig(prompts_file=str(tmp_path / "p.txt"))
     resolved = config.resolved()
     assert resolved.prompts == ["a red cat", "a dog"] and resolved.prompts_file is None
     with pytest.raises(ProGRPOConfigError, match="suffix"):
@@ -209,3 +209,35 @@ def test_a_config_saved_before_the_update_regime_fields_still_loads(tmp_path: Pa
     assert config.grpo.kl_form == "flow_grpo" and config.grpo.timestep_rule == "first"
     assert config.grpo.adv_epsilon == 1e-4 and config.grpo.ema_update_interval == 8
     assert config.rollout.preview == "current" and config.rollout.shared_initial_noise is False
+
+
+def test_run_config_splits_into_spec_and_training_settings_and_records_flat():
+    """A config file's RunConfig is a RunSpec (what) plus a TrainConfig (how); the record a run writes is the
+    flat config in the historical key order (model first, rewards after grpo, device and dtype last)."""
+    from progrpo.train import RunSpec, TrainConfig, run_record
+
+    config = _config()
+    spec, training = config.spec(), config.training()
+    assert type(spec) is RunSpec and type(training) is TrainConfig
+    assert not hasattr(training, "model") and spec.rewards == config.rewards
+    record = run_record(training, spec.identity())
+    assert record == config.to_dict()
+    keys = list(record)
+    assert keys[0] == "model" and keys[-2:] == ["device", "dtype"] and keys.index("rewards") == keys.index("grpo") + 1
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"grpo": {"clip_range": -1}}, "grpo.clip_range"),
+        ({"optim": {"lr": 0}}, "optim.lr"),
+        ({"iterations": 0}, "iterations"),
+        ({"model": "tiny:nope"}, "model"),
+        ({"rewards": {"brightness": 3}}, "rewards.brightness"),
+        ({"grpo": {"clip_rnage": 1}}, "grpo.clip_rnage"),
+    ],
+)
+def test_config_errors_carry_the_dotted_field(data, field):
+    with pytest.raises(ProGRPOConfigError) as error:
+        RunConfig.from_dict({"prompts": ["a cat"], **data})
+    assert error.value.field == field

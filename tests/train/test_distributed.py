@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from progrpo.errors import ProGRPOConfigError
 from progrpo.lora import LoraSettings
 from progrpo.rollout import RolloutConfig
-from progrpo.train import GRPOConfig, OptimConfig, TrainConfig, Trainer
+from progrpo.train import GRPOConfig, OptimConfig, RunConfig, Trainer
 from progrpo.train.distributed import DistributedContext
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,8 @@ pytestmark = pytest.mark.slow
 ITERATIONS = 3
 
 
-def _config(output_dir: Path) -> TrainConfig:
-    return TrainConfig(
+def _config(output_dir: Path) -> RunConfig:
+    return RunConfig(
         model="tiny:sd",
         prompts=["a red cat", "a dog", "a blue car", "a green tree", "a small house"],
         prompts_per_iteration=4,
@@ -73,7 +73,7 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("distributed")
     single = root / "single"
-    trainer = Trainer(_config(single))
+    trainer = Trainer.from_run(_config(single))
     trainer.export_lora(single / "initial_lora.safetensors")
     trainer.run()
     multi = root / "multi"
@@ -119,7 +119,7 @@ def test_metrics_are_the_global_batch_and_written_once(runs):
 def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(runs["multi"] / "checkpoints" / "iter_2", tmp_path / "iter_2")
-    trainer = Trainer(_config(resumed_dir), distributed=DistributedContext())
+    trainer = Trainer.from_run(_config(resumed_dir), distributed=DistributedContext())
     result = trainer.run(resume_from=tmp_path / "iter_2")
     assert result.iterations_done == ITERATIONS
     _assert_close(_lora(resumed_dir / "lora.safetensors"), _lora(runs["single"] / "lora.safetensors"))
@@ -127,4 +127,4 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
 
 def test_world_size_that_does_not_divide_the_prompts_is_refused_before_loading(tmp_path):
     with pytest.raises(ProGRPOConfigError, match="not divisible by the 3 processes"):
-        Trainer(_config(tmp_path), distributed=DistributedContext(rank=0, world_size=3))
+        Trainer.from_run(_config(tmp_path), distributed=DistributedContext(rank=0, world_size=3))

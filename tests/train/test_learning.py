@@ -55,7 +55,7 @@ import torch
 from progrpo.log import logger
 from progrpo.lora import LoraSettings
 from progrpo.rollout import RolloutConfig
-from progrpo.train import GRPOConfig, OptimConfig, TrainConfig, Trainer
+from progrpo.train import GRPOConfig, OptimConfig, RunConfig, Trainer
 
 #: paired mean gain in brightness (0..1 scale) every case must reach, and its t-statistic.
 MIN_GAIN = 1e-3
@@ -74,9 +74,9 @@ CASES = {
 }
 
 
-def _config(case: str, output_dir: Path) -> TrainConfig:
+def _config(case: str, output_dir: Path) -> RunConfig:
     model, dynamics, group, prune, per_iteration, lr, iterations = CASES[case]
-    return TrainConfig(
+    return RunConfig(
         model=model,
         prompts=PROMPTS[:per_iteration],
         prompts_per_iteration=per_iteration,
@@ -97,7 +97,7 @@ def _config(case: str, output_dir: Path) -> TrainConfig:
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_raises_the_reward(case: str, tmp_path: Path):
     started = time.perf_counter()
-    trainer = Trainer(_config(case, tmp_path))
+    trainer = Trainer.from_run(_config(case, tmp_path))
     before = trainer.evaluate(EVAL_SAMPLES_PER_PROMPT, seed=EVAL_SEED)
     result = trainer.run()
     after = trainer.evaluate(EVAL_SAMPLES_PER_PROMPT, seed=EVAL_SEED)

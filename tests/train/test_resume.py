@@ -19,11 +19,11 @@ from progrpo.errors import ProGRPOConfigError
 from progrpo.lora import LoraSettings, lora_state_dict, read_lora_metadata
 from progrpo.rewards import build_rewards
 from progrpo.rollout import RolloutConfig
-from progrpo.train import GRPOConfig, OptimConfig, TrainConfig, Trainer, load_config, train
+from progrpo.train import GRPOConfig, OptimConfig, RunConfig, Trainer, load_config, train
 from progrpo.train.checkpoint import resolve_checkpoint
 
 
-def _config(output_dir: Path, **overrides) -> TrainConfig:
+def _config(output_dir: Path, **overrides) -> RunConfig:
     values = {
         "model": "tiny:sd",
         "prompts": ["a red cat", "a dog", "a blue car"],
@@ -40,7 +40,7 @@ def _config(output_dir: Path, **overrides) -> TrainConfig:
         "seed": 5,
     }
     values.update(overrides)
-    return TrainConfig(**values)
+    return RunConfig(**values)
 
 
 def _state(trainer: Trainer) -> dict[str, object]:
@@ -76,7 +76,7 @@ def _assert_identical(a: dict[str, object], b: dict[str, object]) -> None:
 def reference(tmp_path_factory) -> tuple[Path, dict[str, object]]:
     """4 uninterrupted iterations (checkpoints at 2 and 4)."""
     folder = tmp_path_factory.mktemp("reference")
-    trainer = Trainer(_config(folder))
+    trainer = Trainer.from_run(_config(folder))
     result = trainer.run()
     assert result.iterations_done == 4 and not result.stopped
     return folder, _state(trainer)
@@ -114,9 +114,9 @@ def test_outputs_of_a_run(reference):
 
 def test_resume_is_bit_identical(reference, tmp_path: Path):
     _, expected = reference
-    first = Trainer(_config(tmp_path, iterations=2)).run()
+    first = Trainer.from_run(_config(tmp_path, iterations=2)).run()
     assert first.iterations_done == 2
-    resumed = Trainer(_config(tmp_path, iterations=4))
+    resumed = Trainer.from_run(_config(tmp_path, iterations=4))
     resumed.run(resume_from="latest")
     _assert_identical(_state(resumed), expected)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
@@ -131,7 +131,7 @@ def test_resume_refuses_a_changed_training_field(reference, tmp_path: Path):
     assert "optim.lr" in message and "0.01" in message and "0.03" in message
     # fields that do not change the computation may differ
     free = _config(tmp_path, iterations=2, checkpoint_every=7)
-    trainer = Trainer(free)
+    trainer = Trainer.from_run(free)
     trainer.resume(folder / "checkpoints" / "iter_2")
     assert trainer.iteration == 2
 
@@ -151,7 +151,7 @@ def test_should_stop_checkpoints_and_resumes(reference, tmp_path: Path):
     assert progress == [(1, 4)]
     assert resolve_checkpoint(tmp_path, "latest").name == "iter_1"
     assert result.lora_path is not None and result.lora_path.is_file()
-    resumed = Trainer(_config(tmp_path))
+    resumed = Trainer.from_run(_config(tmp_path))
     resumed.run(resume_from="latest")
     _assert_identical(_state(resumed), expected)
 
@@ -174,24 +174,24 @@ class _InterruptingReward:
 def test_keyboard_interrupt_mid_iteration_keeps_the_last_complete_state(reference, tmp_path: Path):
     _, expected = reference
     # 3 score calls per iteration (2 checkpoints + final): call 8 is iteration 3's second preview.
-    trainer = Trainer(_config(tmp_path, checkpoint_every=0), reward=_InterruptingReward(at=8))
+    trainer = Trainer.from_run(_config(tmp_path, checkpoint_every=0), reward=_InterruptingReward(at=8))
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert resolve_checkpoint(tmp_path, "latest").name == "iter_2"
-    resumed = Trainer(_config(tmp_path))
+    resumed = Trainer.from_run(_config(tmp_path))
     resumed.run(resume_from="latest")
     _assert_identical(_state(resumed), expected)
 
 
 def test_resume_from_missing_checkpoint_is_explained(tmp_path: Path):
     with pytest.raises(ProGRPOConfigError, match="no checkpoint was written"):
-        Trainer(_config(tmp_path)).resume("latest")
+        Trainer.from_run(_config(tmp_path)).resume("latest")
     with pytest.raises(ProGRPOConfigError, match="not a checkpoint folder"):
-        Trainer(_config(tmp_path)).resume(tmp_path)
+        Trainer.from_run(_config(tmp_path)).resume(tmp_path)
 
 
 def test_trainer_leaves_the_callers_rng_alone(tmp_path: Path):
-    trainer = Trainer(_config(tmp_path, iterations=1, checkpoint_every=0))
+    trainer = Trainer.from_run(_config(tmp_path, iterations=1, checkpoint_every=0))
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -216,12 +216,12 @@ def test_a_checkpoint_from_before_the_baseline_regime_names_the_fields_to_set():
 
 
 def test_keep_last_holds_the_newest_checkpoints_and_resumes(tmp_path: Path):
-    trainer = Trainer(_config(tmp_path, iterations=4, checkpoint_every=1, keep_last=2))
+    trainer = Trainer.from_run(_config(tmp_path, iterations=4, checkpoint_every=1, keep_last=2))
     trainer.run()
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["iter_3", "iter_4"]
     assert (root / "latest").read_text().strip() == "iter_4"
-    resumed = Trainer(_config(tmp_path, iterations=5, checkpoint_every=1, keep_last=2))
+    resumed = Trainer.from_run(_config(tmp_path, iterations=5, checkpoint_every=1, keep_last=2))
     resumed.run(resume_from="latest")
     assert resumed.iteration == 5
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["iter_4", "iter_5"]
@@ -232,7 +232,7 @@ def test_a_kill_while_pruning_leaves_the_newest_checkpoint_whole(tmp_path: Path,
     (what ``latest`` names) is complete and resumable, and the next run removes the temp."""
     from progrpo.train import checkpoint
 
-    Trainer(_config(tmp_path, iterations=2, checkpoint_every=1)).run()
+    Trainer.from_run(_config(tmp_path, iterations=2, checkpoint_every=1)).run()
     root = tmp_path / "checkpoints"
 
     def killed(*args, **kwargs):
@@ -243,7 +243,7 @@ def test_a_kill_while_pruning_leaves_the_newest_checkpoint_whole(tmp_path: Path,
         checkpoint.prune_checkpoints(tmp_path, keep_last=1)
     monkeypatch.undo()
     assert sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["iter_2"]
-    resumed = Trainer(_config(tmp_path, iterations=3, checkpoint_every=1, keep_last=1))
+    resumed = Trainer.from_run(_config(tmp_path, iterations=3, checkpoint_every=1, keep_last=1))
     resumed.run(resume_from="latest")
     assert resumed.iteration == 3
     assert sorted(p.name for p in root.iterdir()) == ["iter_3", "latest"]  # the temp is gone
@@ -259,7 +259,7 @@ class _Tied:
 
 
 def test_groups_that_tie_are_counted_and_a_run_of_them_is_warned_about(tmp_path: Path, caplog):
-    trainer = Trainer(_config(tmp_path, iterations=3, checkpoint_every=0), reward=_Tied())
+    trainer = Trainer.from_run(_config(tmp_path, iterations=3, checkpoint_every=0), reward=_Tied())
     with caplog.at_level("WARNING", logger="progrpo"):
         result = trainer.run()
     assert [r["zero_variance_groups"] for r in result.history] == [r["prompts"] for r in result.history]
@@ -284,9 +284,9 @@ def test_curves_leave_out_quantities_that_never_move(tmp_path: Path):
 def test_held_out_evaluation_is_recorded_and_leaves_training_unchanged(tmp_path: Path):
     """eval_every records eval_reward on held-out prompts; it runs under a forked RNG, so the weights the run
     trains are bit-identical to a run without it."""
-    plain = Trainer(_config(tmp_path / "plain", iterations=4, checkpoint_every=0))
+    plain = Trainer.from_run(_config(tmp_path / "plain", iterations=4, checkpoint_every=0))
     plain.run()
-    evaluated = Trainer(_config(tmp_path / "evaluated", iterations=4, checkpoint_every=0, eval_every=2,
+    evaluated = Trainer.from_run(_config(tmp_path / "evaluated", iterations=4, checkpoint_every=0, eval_every=2,
                                 eval_prompts=["a green frog", "a red cat"], eval_samples=2))
     result = evaluated.run()
     assert [("eval_reward" in r) for r in result.history] == [False, True, False, True]

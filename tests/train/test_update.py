@@ -10,7 +10,8 @@ import torch
 from progrpo.advantages import group_advantages
 from progrpo.denoisers.diffusers_backend import denoiser_from_pipeline
 from progrpo.errors import ProGRPOConfigError
-from progrpo.lora import LoraSettings, add_lora
+from progrpo.lora import LoraSettings
+from progrpo.lora.adapter import PeftLoraAdapter
 from progrpo.rewards import build_rewards
 from progrpo.rollout import RolloutConfig, expand_and_prune_rollout
 from progrpo.tiny_models import tiny_sd_pipeline
@@ -32,14 +33,15 @@ ROLLOUT = RolloutConfig(group_size=4, num_steps=3, dynamics="ddim", height=16, w
 
 @pytest.fixture()
 def setup():
-    """Fresh tiny SD denoiser with a LoRA, a pruned rollout over 2 prompts (4 survivors), advantages."""
+    """Fresh tiny SD denoiser with a LoRA, a pruned rollout over 2 prompts (4 survivors), advantages, the adapter."""
     denoiser = denoiser_from_pipeline(tiny_sd_pipeline())
-    params = add_lora(denoiser.network, LoraSettings(rank=2, alpha=2.0))
+    adapter = PeftLoraAdapter(denoiser.network, LoraSettings(rank=2, alpha=2.0))
+    params = adapter.parameters()
     reward = build_rewards({"brightness": {"weight": 1.0}})
     conditioning = denoiser.encode_prompts(["a red cat", "a dog"], "")
     rollout = expand_and_prune_rollout(denoiser, conditioning, reward, ROLLOUT)
     advantages = group_advantages(rollout.final_rewards, rollout.prompt_index)
-    return denoiser, params, reward, conditioning, rollout, advantages
+    return denoiser, params, reward, conditioning, rollout, advantages, adapter
 
 
 def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
@@ -82,7 +84,7 @@ def test_clipped_surrogate_gradient_is_zero_outside_the_trust_region():
 
 
 def test_training_pairs_cover_stochastic_steps_and_fraction(setup):
-    *_, rollout, _ = setup
+    *_, rollout, _, _ = setup
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
     pairs = select_training_pairs(rollout, 1.0, generator)
@@ -97,7 +99,7 @@ def test_training_pairs_cover_stochastic_steps_and_fraction(setup):
 
 
 def test_deterministic_rollout_is_refused(setup):
-    denoiser, _, reward, conditioning, _, _ = setup
+    denoiser, _, reward, conditioning, _, _, _ = setup
     ode = expand_and_prune_rollout(denoiser, conditioning, reward, dataclasses.replace(ROLLOUT, noise_level=0.0))
     with pytest.raises(ProGRPOConfigError, match="no stochastic step"):
         select_training_pairs(ode, 1.0, torch.Generator())
@@ -109,35 +111,36 @@ def test_deterministic_rollout_is_refused(setup):
 def test_gradients_reach_every_lora_parameter(setup):
     """First update: every lora_B gets a finite non-zero gradient; lora_A's is exactly 0 because B
     starts at 0 (peft's init), so the second update checks that every lora_A gets one too."""
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     names = _lora_names(denoiser)
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     config = GRPOConfig(clip_range=0.2, micro_batch_rows=4)
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())
-    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config)
+    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config, adapter=adapter)
     for name, grad in zip(names, _grads(params)):
         assert torch.isfinite(grad).all(), name
         if ".lora_B." in name:
             assert grad.abs().sum() > 0, f"{name} got no gradient"
         else:
             assert grad.abs().sum() == 0, f"{name}: lora_A should have zero gradient while B == 0"
-    metrics = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    metrics = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator(), adapter=adapter)
     assert set(metrics) == set(UPDATE_METRICS)
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in metrics.values())
     optimizer.zero_grad()
-    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config)
+    accumulate_policy_gradient(denoiser, rollout, advantages, pairs, config, adapter=adapter)
     for name, grad in zip(names, _grads(params)):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, f"{name} got no gradient after one step"
 
 
 def test_base_weights_unchanged_and_lora_changed(setup):
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     lora = {id(p) for p in params}
     base = {n: p.detach().clone() for n, p in denoiser.network.named_parameters() if id(p) not in lora}
     text = {n: p.detach().clone() for n, p in denoiser.pipeline.text_encoder.named_parameters()}
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator())
+    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator(),
+                adapter=adapter)
     for name, value in denoiser.network.named_parameters():
         if id(value) not in lora:
             assert torch.equal(value, base[name]), f"base weight {name} changed"
@@ -148,7 +151,7 @@ def test_base_weights_unchanged_and_lora_changed(setup):
 
 
 def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
-    denoiser, _, _, _, rollout, _ = setup
+    denoiser, _, _, _, rollout, _, adapter = setup
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())
     recomputed = recompute_log_probs(denoiser, rollout, pairs, micro_batch_rows=3)
     stored = rollout.log_probs[pairs.rows, pairs.steps]
@@ -156,7 +159,8 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
     # Arbitrary (not group-centred) advantages, so -mean(A) is not trivially 0.
     advantages = torch.tensor([0.7, -1.3, 2.0, 0.4])
     assert advantages.shape == (rollout.num_survivors,)
-    metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=1e-4))
+    metrics = accumulate_policy_gradient(denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=1e-4),
+                                         adapter=adapter)
     assert abs(metrics["ratio_mean"] - 1.0) <= 1e-6
     assert metrics["clip_fraction"] == 0.0
     assert metrics["approx_kl"] <= 1e-12
@@ -166,13 +170,13 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage(setup):
 
 
 def test_kl_is_zero_before_the_first_update_and_positive_after(setup):
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     config = GRPOConfig(clip_range=0.2, kl_beta=0.5, micro_batch_rows=5, updates_per_rollout=1)
     optimizer = torch.optim.AdamW(params, lr=1e-2)
-    first = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    first = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator(), adapter=adapter)
     assert first["kl"] == 0.0
     assert first["loss"] == pytest.approx(first["policy_loss"])
-    second = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator())
+    second = grpo_update(denoiser, rollout, advantages, optimizer, config, params, torch.Generator(), adapter=adapter)
     assert second["kl"] > 0.0
     assert second["loss"] == pytest.approx(second["policy_loss"] + 0.5 * second["kl"], rel=1e-5)
     # the reference toggle must leave the LoRA trainable
@@ -180,16 +184,18 @@ def test_kl_is_zero_before_the_first_update_and_positive_after(setup):
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient(setup):
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     # One step first so lora_B != 0 and every parameter has a non-trivial gradient.
-    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator())
+    grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(clip_range=0.2), params, torch.Generator(),
+                adapter=adapter)
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())
     results = {}
     for rows in (2, len(pairs)):
         optimizer.zero_grad(set_to_none=True)
         metrics = accumulate_policy_gradient(
-            denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=0.2, kl_beta=0.1, micro_batch_rows=rows)
+            denoiser, rollout, advantages, pairs, GRPOConfig(clip_range=0.2, kl_beta=0.1, micro_batch_rows=rows),
+            adapter=adapter,
         )
         results[rows] = (_grads(params), metrics)
     (small, small_metrics), (full, full_metrics) = results[2], results[len(pairs)]
@@ -201,29 +207,29 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(setup):
 
 
 def test_backward_rows_are_counted(setup):
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     before = rollout.ledger.backward_rows
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(micro_batch_rows=3), params,
-                          torch.Generator())
+                          torch.Generator(), adapter=adapter)
     # 2 stochastic steps (sde_window=(0, 2)) per survivor; the ODE step 2 is never trained
     assert rollout.ledger.backward_rows - before == metrics["rows"] == rollout.num_survivors * 2
 
 
 def test_wrong_advantage_shape_is_refused(setup):
-    denoiser, _, _, _, rollout, _ = setup
+    denoiser, _, _, _, rollout, _, adapter = setup
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())
     with pytest.raises(ProGRPOConfigError, match="one advantage per survivor"):
-        accumulate_policy_gradient(denoiser, rollout, torch.zeros(7), pairs, GRPOConfig())
+        accumulate_policy_gradient(denoiser, rollout, torch.zeros(7), pairs, GRPOConfig(), adapter=adapter)
 
 
 def test_non_finite_gradient_skips_the_step(setup):
-    denoiser, params, _, _, rollout, _ = setup
+    denoiser, params, _, _, rollout, _, adapter = setup
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     advantages = torch.tensor([float("nan"), 1.0, -1.0, 0.0])
     metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(adv_clip=None), params,
-                          torch.Generator())
+                          torch.Generator(), adapter=adapter)
     assert metrics["step_skipped"] == 1.0
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert not optimizer.state, "Adam moments must not be touched by a skipped step"
@@ -231,14 +237,14 @@ def test_non_finite_gradient_skips_the_step(setup):
 
 def test_evaluate_ignores_static_filtering_and_pruning(tmp_path):
     """Evaluation scores the policy on every trajectory: no prune schedule, no static final_keep."""
-    from progrpo.train.config import TrainConfig
+    from progrpo.train.run_config import RunConfig
     from progrpo.train.trainer import Trainer
 
-    config = TrainConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
+    config = RunConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
                          rollout=RolloutConfig(group_size=4, num_steps=2, height=16, width=16, final_keep=2,
                                                prune_schedule="1:3"),
                          rewards={"brightness": {}})
-    trainer = Trainer(config)
+    trainer = Trainer.from_run(config)
     assert trainer.evaluate(samples_per_prompt=3).shape == (3,)
 
 
@@ -251,11 +257,11 @@ def test_second_minibatch_is_off_policy_and_the_clip_binds(setup):
     recomputed), the clip fraction and mean |ratio - 1| of the second step are what grpo_update reports."""
     from progrpo.train.update import _local_pairs, minibatch_partition
 
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     config = GRPOConfig(clip_range=1e-4, updates_per_rollout=2, micro_batch_rows=64)
     start = [p.detach().clone() for p in params]
     metrics = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-2), config, params,
-                          torch.Generator().manual_seed(4))
+                          torch.Generator().manual_seed(4), adapter=adapter)
     assert metrics["optimizer_steps"] == 2.0
     # by hand, from the same weights
     with torch.no_grad():
@@ -268,7 +274,7 @@ def test_second_minibatch_is_off_policy_and_the_clip_binds(setup):
     assert sorted(first_ids.tolist() + second_ids.tolist()) == list(range(len(pairs)))
     first, second = (_local_pairs(pairs, ids, 0, len(pairs) // rollout.num_survivors) for ids in (first_ids, second_ids))
     optimizer = torch.optim.AdamW(params, lr=1e-2)
-    on_policy = accumulate_policy_gradient(denoiser, rollout, advantages, first, config)
+    on_policy = accumulate_policy_gradient(denoiser, rollout, advantages, first, config, adapter=adapter)
     assert abs(on_policy["ratio_mean"] - 1.0) <= 1e-6 and on_policy["clip_fraction"] == 0.0
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
@@ -283,16 +289,16 @@ def test_second_minibatch_is_off_policy_and_the_clip_binds(setup):
         for param, value in zip(params, start):
             param.copy_(value)
     single = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-2),
-                         dataclasses.replace(config, updates_per_rollout=1), params, torch.Generator())
+                         dataclasses.replace(config, updates_per_rollout=1), params, torch.Generator(), adapter=adapter)
     assert single["optimizer_steps"] == 1.0 and single["clip_fraction"] == 0.0
     assert single["clip_fraction_off_policy"] == 0.0
 
 
 def test_inner_epochs_repeat_the_minibatches(setup):
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     before = rollout.ledger.backward_rows
     metrics = grpo_update(denoiser, rollout, advantages, torch.optim.AdamW(params, lr=1e-3),
-                          GRPOConfig(updates_per_rollout=2, inner_epochs=3), params, torch.Generator())
+                          GRPOConfig(updates_per_rollout=2, inner_epochs=3), params, torch.Generator(), adapter=adapter)
     pairs = rollout.num_survivors * 2  # sde_window (0, 2): two stochastic steps per survivor
     assert metrics["optimizer_steps"] == 6.0
     assert metrics["rows"] == rollout.ledger.backward_rows - before == 3 * pairs
@@ -342,7 +348,7 @@ def test_timestep_rule_first_drops_the_last_flow_step():
 
 
 def test_vp_schedules_keep_their_last_step(setup):
-    *_, rollout, _ = setup  # ddim, sde_window (0, 2) of 3 steps
+    *_, rollout, _, _ = setup  # ddim, sde_window (0, 2) of 3 steps
     assert select_training_pairs(rollout, 1.0, torch.Generator()).steps.tolist() == [0, 1] * rollout.num_survivors
 
 
@@ -395,7 +401,7 @@ def test_non_finite_second_step_undoes_the_whole_update(setup):
     """A NaN gradient in the second minibatch restores the weights, Adam, lr schedule and EMA of before the update."""
     from progrpo.train.update import LoraEMA
 
-    denoiser, params, _, _, rollout, _ = setup
+    denoiser, params, _, _, rollout, _, adapter = setup
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
@@ -409,7 +415,7 @@ def test_non_finite_second_step_undoes_the_whole_update(setup):
     stepped = []
     optimizer.register_step_post_hook(lambda *_: stepped.append(1))
     metrics = grpo_update(denoiser, rollout, advantages, optimizer, GRPOConfig(adv_clip=None, updates_per_rollout=2),
-                          params, torch.Generator().manual_seed(1), lr_scheduler=scheduler, ema=ema)
+                          params, torch.Generator().manual_seed(1), lr_scheduler=scheduler, ema=ema, adapter=adapter)
     assert stepped == [1], "the first (finite) minibatch stepped"
     assert metrics["step_skipped"] == 1.0 and metrics["optimizer_steps"] == 0.0
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
@@ -421,26 +427,26 @@ def test_a_rank_without_pairs_in_a_minibatch_reports_the_same_metric_keys(setup)
     from progrpo.train.distributed import SINGLE_PROCESS
     from progrpo.train.update import TrainingPairs, _one_step
 
-    denoiser, params, _, _, rollout, advantages = setup
+    denoiser, params, _, _, rollout, advantages, adapter = setup
     pairs = select_training_pairs(rollout, 1.0, torch.Generator())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
-    full = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params, pairs, 1.0, None, None,
+    full = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params, pairs, 1.0, None, adapter,
                      SINGLE_PROCESS)
     empty = _one_step(denoiser, rollout, advantages, optimizer, GRPOConfig(), params,
-                      TrainingPairs(rows=pairs.rows[:0], steps=pairs.steps[:0]), 1.0, None, None, SINGLE_PROCESS)
+                      TrainingPairs(rows=pairs.rows[:0], steps=pairs.steps[:0]), 1.0, None, adapter, SINGLE_PROCESS)
     assert list(full) == list(empty) and empty["rows"] == 0.0
 
 
 def test_evaluate_uses_the_ema_weights_and_restores_the_trained_ones(tmp_path):
     """With EMA on, evaluation scores the EMA weights (Flow-GRPO evaluates its EMA): set the shadow to
     visibly different weights; evaluate() equals an evaluation with those weights loaded by hand."""
-    from progrpo.train.config import TrainConfig
+    from progrpo.train.run_config import RunConfig
     from progrpo.train.trainer import Trainer
 
-    config = TrainConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
+    config = RunConfig(model="tiny:flux", prompts=["a red cat"], iterations=1, output_dir=str(tmp_path),
                          rollout=RolloutConfig(group_size=2, num_steps=2, height=16, width=16),
                          grpo=GRPOConfig(ema_decay=0.9), rewards={"brightness": {}})
-    trainer = Trainer(config)
+    trainer = Trainer.from_run(config)
     trained = [p.detach().clone() for p in trainer.params]
     trainer.ema.shadow = [torch.full_like(s, 0.05) for s in trainer.ema.shadow]
     with_ema = trainer.evaluate(samples_per_prompt=2)
