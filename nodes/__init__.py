@@ -1,6 +1,6 @@
 """Pro-GRPO's ComfyUI nodes (V3 API). The only package that imports ComfyUI.
 
-Node ids are forever (DESIGN.md section 7); display names start with "Pro-GRPO". Every node is
+Node ids are forever (saved workflows name them); display names start with "Pro-GRPO". Every node is
 listed in :data:`NODE_LIST`, which the repo root's ``comfy_entrypoint`` hands to ComfyUI.
 
 Import this package only inside a ComfyUI process (or with ComfyUI's folder on ``sys.path``), and

@@ -30,8 +30,8 @@ start from N(0, I), which is ComfyUI's start when the first sigma is the model's
 sigma 0, so a DDIM/CPS step into it is deterministic (std 0, log-prob 0, no policy gradient).
 
 Not handled here: latents with a ``noise_mask`` (inpainting) and gradients inside a running
-server, whose ``torch.inference_mode`` makes loaded weights inference tensors (comfy_risks.md
-section 1): the training node must clone them and run under ``inference_mode(False)``.
+server, whose ``torch.inference_mode`` makes loaded weights inference tensors
+(docs/comfyui_internals.md): the training node must clone them and run under ``inference_mode(False)``.
 """
 
 from __future__ import annotations

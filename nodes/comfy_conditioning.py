@@ -1,7 +1,7 @@
 """Per-row ComfyUI conditioning: one CONDITIONING per prompt, batched into the rows a model call needs.
 
 ComfyUI fits a conditioning to the latent batch with ``repeat_to_batch_size``, which *truncates*
-a tensor with more rows than the batch (comfy_risks.md section 3): rows [1, 3] of a 4-prompt
+a tensor with more rows than the batch (``comfy.utils.repeat_to_batch_size``): rows [1, 3] of a 4-prompt
 batch would silently be denoised with prompts [0, 1]. So the model never sees the P-prompt
 conditioning; for every call :meth:`PromptTable.select` builds one whose tensors have exactly
 one row per latent row (or the single prompt itself, which ComfyUI broadcasts correctly).

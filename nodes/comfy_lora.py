@@ -1,7 +1,7 @@
 """A trainable LoRA on a ComfyUI MODEL through ComfyUI's weight wrappers (progrpo's LoraAdapter).
 
-The route ComfyUI's own trainer (comfy_extras/nodes_train.py) uses, research/comfy_risks.md
-section 1 option B: the MODEL (a ModelPatcher) is *cloned* and every targeted weight gets a
+The route ComfyUI's own trainer (comfy_extras/nodes_train.py) uses (docs/comfyui_internals.md,
+"The LoRA on a clone of the MODEL"): the MODEL (a ModelPatcher) is *cloned* and every targeted weight gets a
 trainable wrapper registered with ``clone.add_weight_wrapper(key, module)``. ComfyUI applies the
 wrappers when it loads the clone, on top of its own weight patches, so
 

@@ -1,9 +1,8 @@
 """The shipped digits generators as ComfyUI MODEL / CLIP / VAE (ProGRPOEmbeddedModelLoader).
 
 The generators are diffusers ``UNet2DConditionModel`` s that ComfyUI's own UNet cannot express
-(GroupNorm(16), a 48-channel level; research/comfy_flow_models.md section 4), so stock detection
-never finds them. The loader builds the model the way comfy_flow_models.md section 3 recipe C
-describes:
+(GroupNorm(16), a 48-channel level), so stock detection never finds them. The loader builds the
+model as a custom ``comfy.supported_models_base.BASE`` config around the diffusers module:
 
 * a ``BASE`` model config with ``disable_unet_model_creation`` whose model type is FLOW
   (``digits_flow``: ``ModelSamplingDiscreteFlow``, shift 1, timestep = 1000 sigma, as the diffusers

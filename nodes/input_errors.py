@@ -11,8 +11,7 @@ from functools import cache
 
 from progrpo.errors import ProGRPOConfigError
 
-#: dotted config field -> node input name, for the fields whose input is named otherwise or that a message
-#: names (in this order: an error without a field is matched by the first field name its message holds).
+#: dotted config field -> node input name, where the input is not named as the field's last part.
 CONFIG_FIELD_INPUTS: dict[str, str] = {
     "rollout.group_size": "group_size",
     "rollout.num_steps": "steps",
@@ -39,17 +38,13 @@ def node_inputs(node: type) -> frozenset[str]:
 def input_for(error: ProGRPOConfigError, inputs: frozenset[str]) -> str | None:
     """The input among ``inputs`` that ``error`` is about, or None.
 
-    From ``error.field`` (mapped, else its last part when an input has that name); for an error without a
-    field (core validations not yet updated), the first mapped field name its message holds.
+    From ``error.field``: mapped, else its last part when an input has that name. An error without a field
+    (none of the core's config validations raises one) is about no single input.
     """
-    if error.field is not None:
-        name = CONFIG_FIELD_INPUTS.get(error.field, error.field.rsplit(".", 1)[-1])
-        return name if name in inputs else None
-    message = str(error)
-    for field, name in CONFIG_FIELD_INPUTS.items():
-        if name in inputs and field.rsplit(".", 1)[-1] in message:
-            return name
-    return None
+    if error.field is None:
+        return None
+    name = CONFIG_FIELD_INPUTS.get(error.field, error.field.rsplit(".", 1)[-1])
+    return name if name in inputs else None
 
 
 def relabeled(error: ProGRPOConfigError, *, node: type | None = None,

@@ -252,6 +252,6 @@ def test_config_errors_name_the_node_input_of_their_field(ext):
     # the sampler has no height input (the latent gives the size): no prefix
     assert str(relabeled(ProGRPOConfigError("height=7 is odd.", field="rollout.height"), node=sampler)) == \
         "height=7 is odd."
-    # an error without a field: the first config field its message names
-    assert str(relabeled(ProGRPOConfigError("lr=-1 must be >= 0."), node=loop)) == "lr: lr=-1 must be >= 0."
+    # an error without a field is about no single input: the message is not read for one
+    assert str(relabeled(ProGRPOConfigError("lr=-1 must be >= 0."), node=loop)) == "lr=-1 must be >= 0."
     assert str(relabeled(ProGRPOConfigError("dynamics: no."), input_name="dynamics")) == "dynamics: no."
