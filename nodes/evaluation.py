@@ -22,7 +22,7 @@ from progrpo.images import pil_to_tensor, stack_vertically, text_table
 
 from .prompt_grid import GridSampling, prompt_lines
 from .rewards import reward_name
-from .sampling_inputs import check_grid_sampling, grid_sampling_inputs
+from .sampling_inputs import check_grid_sampling, grid_sampling_inputs, prompt_list_inputs
 from .sockets import RewardType
 
 REWARD_INPUTS = ("reward_1", "reward_2", "reward_3", "reward_4")
@@ -136,10 +136,7 @@ class ProGRPOEvaluation(io.ComfyNode):
             inputs=[
                 io.Model.Input("model_before", tooltip="The base MODEL (before training)."),
                 io.Model.Input("model_after", tooltip="The trained MODEL (e.g. the Train Loop's model output)."),
-                io.Clip.Input("clip", tooltip="Encodes the prompts."),
-                io.Vae.Input("vae", tooltip="Decodes the samples."),
-                io.String.Input("prompts", default="", multiline=True,
-                                tooltip="The held-out prompts, one per line (prompts the model was not trained on)."),
+                *prompt_list_inputs("The held-out prompts, one per line (prompts the model was not trained on)."),
                 RewardType.Input("reward_1", tooltip=reward_tip),
                 RewardType.Input("reward_2", optional=True, tooltip=reward_tip),
                 RewardType.Input("reward_3", optional=True, tooltip=reward_tip),

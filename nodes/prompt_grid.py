@@ -20,7 +20,7 @@ from comfy_api.latest import io
 from progrpo.errors import ProGRPOConfigError
 from progrpo.images import pil_to_tensor, titled_grid
 
-from .sampling_inputs import check_grid_sampling, check_image_size, grid_sampling_inputs
+from .sampling_inputs import check_grid_sampling, check_image_size, grid_sampling_inputs, prompt_list_inputs
 from .sockets import RewardType
 
 
@@ -97,10 +97,7 @@ class ProGRPOPromptGrid(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to sample (e.g. before or after training)."),
-                io.Clip.Input("clip", tooltip="Encodes the prompts."),
-                io.Vae.Input("vae", tooltip="Decodes the samples."),
-                io.String.Input("prompts", default="", multiline=True,
-                                tooltip="One prompt per line; each gets its own grid."),
+                *prompt_list_inputs("One prompt per line; each gets its own grid."),
                 *grid_sampling_inputs(),
                 RewardType.Input("reward", optional=True,
                                  tooltip="Scores each sample; its value captions the tile and goes into scores."),

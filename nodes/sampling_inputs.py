@@ -93,6 +93,15 @@ def check_image_size(vae: Any, width: int, height: int) -> int:
     return factor
 
 
+def prompt_list_inputs(prompts_tooltip: str) -> list:
+    """clip, vae, prompts (in this order): the text-to-image inputs of the Prompt Grid and Evaluation nodes."""
+    return [
+        io.Clip.Input("clip", tooltip="Encodes the prompts."),
+        io.Vae.Input("vae", tooltip="Decodes the samples."),
+        io.String.Input("prompts", default="", multiline=True, tooltip=prompts_tooltip),
+    ]
+
+
 def grid_sampling_inputs() -> list:
     """samples_per_prompt, width, height, steps, cfg, sampler_name, scheduler, seed, negative_prompt (in this order):
     the stock-sampler settings of the Prompt Grid and Evaluation nodes."""
