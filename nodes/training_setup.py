@@ -24,9 +24,9 @@ from progrpo.pruning import PruneSchedule
 from progrpo.rollout import RolloutConfig
 from progrpo.train import GRPOConfig, OptimConfig, TrainConfig
 from progrpo.train.checkpoint import read_checkpoint_config, resolve_checkpoint
-from progrpo.train.config import read_prompts
 from progrpo.train.distributed import SINGLE_PROCESS
 from progrpo.train.precision import loss_scale_for
+from progrpo.train.prompts import read_prompts
 from progrpo.train.trainer import Trainer
 
 from .comfy_backend import ComfyDenoiser
